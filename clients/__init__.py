@@ -1,0 +1,1 @@
+"""The SOCKS client side: socks.conf routing, client sockets, socksify and the r* programs."""
