@@ -1,0 +1,28 @@
+"""Build and install sockd, the SOCKS 4/4a/5 server, and its clients."""
+
+from setuptools import setup
+
+from sockd import __version__
+
+setup(
+    name="sockd",
+    version=__version__,
+    description="A preforking SOCKS 4, 4a and 5 server in the tradition of CSTC SOCKS",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-2-Clause",
+    python_requires=">=3.11",
+    packages=["sockd", "clients"],
+    install_requires=["python-daemon>=3.0", "setproctitle>=1.3"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "PySocks>=1.7", "ruff"]},
+    entry_points={
+        "console_scripts": [
+            "sockd = sockd.cli:main",
+            "test_sockd_conf = sockd.testconf:main",
+        ],
+    },
+    data_files=[
+        ("share/man/man5", ["man/sockd.conf.5"]),
+        ("share/man/man8", ["man/sockd.8", "man/test_sockd_conf.8"]),
+    ],
+)

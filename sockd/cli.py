@@ -1,0 +1,226 @@
+"""The `sockd` command: parse the command line, then check, serve inetd, or run the master.
+
+Exit status (sockd(8)): 0 after a clean stop, -t or -ver; 1 for a
+configuration error; 2 for a command-line error; 3 when the listeners cannot
+be bound or the workers cannot start.
+"""
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from sockd import __version__, listeners, rules
+from sockd import log as sockd_log
+from sockd import passwords as passwd_file
+from sockd.master import Master, load_rules
+from sockd.settings import DEFAULT_CONFIG, Settings
+
+log = logging.getLogger("sockd")
+
+EXIT_CONFIG = 1
+EXIT_USAGE = 2
+EXIT_LISTEN = 3
+
+
+def banner(multi_homed: bool) -> str:
+    homed = "multi-homed" if multi_homed else "single-homed"
+    return (f"\tsockd {homed}, stand-alone and inetd SOCKS proxy server version {__version__}.\n"
+            "\tSupports SOCKS 4, 4a and 5 (CONNECT, no authentication or username/password).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sockd", description="SOCKS 4, 4a and 5 proxy server.")
+    p.add_argument("--version", action="store_true", help="print the version banner and exit")
+    ident = p.add_mutually_exclusive_group()
+    ident.add_argument("-i", dest="ident", action="store_const", const="i", default="n",
+                       help="relaxed ident policy for rules without ?=")
+    ident.add_argument("-I", dest="ident", action="store_const", const="I",
+                       help="strict ident policy for rules without ?=")
+    p.add_argument("-f", "--foreground", action="store_true", help="do not detach")
+    p.add_argument("-c", "--config", metavar="FILE", help=f"rules file (default {DEFAULT_CONFIG})")
+    p.add_argument("-l", "--listen", metavar="ADDR:PORT", action="append", default=[],
+                   help="listen here (repeatable; [::1]:1080 for IPv6)")
+    p.add_argument("-t", "--check", action="store_true",
+                   help="check the files, print FILE:LINE: message for each error, exit")
+    p.add_argument("--route", metavar="FILE", help="multi-homed route file (sockd.route)")
+    p.add_argument("--passwd", metavar="FILE", help="SOCKS5 username/password file")
+    p.add_argument("--inetd", action="store_true", help="serve the connection on standard input")
+    p.add_argument("--pidfile", metavar="FILE")
+    p.add_argument("--user", metavar="NAME", help="workers run as this user")
+    p.add_argument("--log", metavar="WHERE", help="syslog, stderr or a file")
+    p.add_argument("--syslog-address", metavar="PATH", default="/dev/log")
+    p.add_argument("--facility", metavar="NAME", default="daemon")
+    p.add_argument("--debug", action="store_true", help="log debugging detail")
+    for name, default in (("min-spare", 5), ("max-spare", 10), ("max-workers", 64),
+                          ("max-requests", 10000)):
+        p.add_argument(f"--{name}", type=_positive_int, default=default, metavar="N")
+    for name, default in (("negotiate", 30), ("connect", 120), ("bind", 120), ("idle", 7200),
+                          ("ident", 15)):
+        p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
+    p.add_argument("--grace", type=_non_negative_float, default=30, metavar="S")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.min_spare > args.max_spare:
+        parser.error("--min-spare must not be more than --max-spare")
+    if args.max_spare > args.max_workers:
+        parser.error("--max-spare must not be more than --max-workers")
+    for text in args.listen:
+        try:
+            listeners.parse_address(text)
+        except ValueError as exc:
+            parser.error(str(exc))
+    where = args.log or ("stderr" if args.foreground or args.check else "syslog")
+    settings = Settings(
+        config=args.config or DEFAULT_CONFIG, config_given=args.config is not None,
+        route=args.route, passwd=args.passwd, listen=tuple(args.listen),
+        foreground=args.foreground, inetd=args.inetd, pidfile=args.pidfile, user=args.user,
+        log=where, syslog_address=args.syslog_address, facility=args.facility,
+        ident=args.ident, min_spare=args.min_spare, max_spare=args.max_spare,
+        max_workers=args.max_workers, max_requests=args.max_requests,
+        negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
+        bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
+        ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug)
+    return settings, args
+
+
+def check(settings: Settings) -> int:
+    """-t: every error of every file, FILE:LINE: message each; 0 or 1."""
+    errors: list[str] = []
+    if settings.config_given or os.path.exists(settings.config):
+        try:
+            errors += [str(e) for e in rules.check(settings.config)]
+        except OSError as exc:
+            errors.append(f"{settings.config}: {exc.strerror}")
+    else:
+        print(f"sockd: no {settings.config}: the embedded default would be in force "
+              "(clients from 127.0.0.0/8 and ::1 only)")
+    if settings.passwd:
+        try:
+            passwd_file.load(settings.passwd)
+        except passwd_file.PasswordError as exc:
+            errors.append(str(exc))
+        except OSError as exc:
+            errors.append(f"{settings.passwd}: {exc.strerror}")
+    for error in errors:
+        print(error, file=sys.stderr)
+    if not errors:
+        print("sockd: configuration OK")
+    return EXIT_CONFIG if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-ver" in argv:
+        print(banner("--route" in argv))
+        return 0
+    try:
+        settings, args = parse_settings(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else 0
+    if args.version:
+        print(banner(settings.route is not None))
+        return 0
+    if args.check:
+        return check(settings)
+    try:
+        sockd_log.configure(settings.log, syslog_address=settings.syslog_address,
+                            facility=settings.facility,
+                            level=logging.DEBUG if settings.debug else logging.INFO)
+    except (OSError, ValueError) as exc:
+        print(f"sockd: cannot log to {settings.log}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        ruleset = load_rules(settings)
+        passwords = passwd_file.load(settings.passwd) if settings.passwd else None
+    except (rules.ConfigError, passwd_file.PasswordError) as exc:
+        return _config_error(str(exc))
+    except OSError as exc:
+        return _config_error(f"{exc.filename}: {exc.strerror}")
+    if settings.inetd or listeners.stdin_is_connection():
+        return serve_inetd(settings, ruleset, passwords)
+    return serve_standalone(settings, ruleset, passwords)
+
+
+def _config_error(message: str) -> int:
+    print(f"sockd: {message}", file=sys.stderr)
+    log.error("error -- %s", message)
+    return EXIT_CONFIG
+
+
+def serve_inetd(settings: Settings, ruleset, passwords) -> int:
+    """inetd `nowait`: the one client is on standard input."""
+    from sockd import hooks
+    from sockd.session import Session, Status
+
+    sock = socket.socket(fileno=os.dup(0))
+    runner = hooks.HookRunner(logger=log)
+    try:
+        Session(sock, settings, ruleset, runner, Status(), passwords).run()
+    except OSError:
+        sock.close()
+    runner.wait()
+    return 0
+
+
+def serve_standalone(settings: Settings, ruleset, passwords) -> int:
+    try:
+        socks = listeners.systemd_listeners()
+        if socks is None:
+            socks = ([listeners.bind(*listeners.parse_address(a)) for a in settings.listen]
+                     or listeners.default_listeners())
+    except listeners.ListenError as exc:
+        print(f"sockd: {exc}", file=sys.stderr)
+        log.error("error -- %s", exc)
+        return EXIT_LISTEN
+    if not settings.foreground:
+        _detach(socks)
+    if settings.pidfile:
+        with open(settings.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    log.info("started -- sockd %s, pid %d, listening on %s", __version__, os.getpid(),
+             ", ".join(listeners.describe(s) for s in socks))
+    try:
+        return Master(settings, ruleset, socks, passwords).run()
+    finally:
+        if settings.pidfile:
+            try:
+                os.unlink(settings.pidfile)
+            except OSError:
+                pass
+
+
+def _detach(socks) -> None:
+    """Become a daemon (python-daemon), keeping the listeners and the log open."""
+    import daemon
+
+    context = daemon.DaemonContext(
+        files_preserve=[s.fileno() for s in socks] + sockd_log.handler_fds(),
+        working_directory="/", umask=0o022, signal_map={}, detach_process=True)
+    context.open()

@@ -1,0 +1,121 @@
+"""The listening sockets: parsed from --listen, inherited from systemd, or the default.
+
+Owns address parsing and socket creation.  Runs in the master, before any
+fork and before privileges are dropped.
+"""
+
+import os
+import socket
+import stat
+
+DEFAULT_PORT = 1080
+SD_LISTEN_FDS_START = 3
+
+
+class ListenError(Exception):
+    """A listener could not be parsed or bound (exit status 3, or 2 for bad syntax)."""
+
+
+def socks_port() -> int:
+    """The `socks` port of /etc/services, else 1080."""
+    try:
+        return socket.getservbyname("socks", "tcp")
+    except OSError:
+        return DEFAULT_PORT
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ADDR:PORT, [V6ADDR]:PORT, ADDR alone or :PORT.
+
+    Raises ValueError with a message for the command line.
+    """
+    host, port = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad listen address {text!r} (expected [ADDR]:PORT)")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port and not port.isdigit():
+        try:
+            port = str(socket.getservbyname(port, "tcp"))
+        except OSError:
+            raise ValueError(f"bad port in listen address {text!r}") from None
+    number = int(port) if port else socks_port()
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in listen address {text!r}")
+    return host or "0.0.0.0", number
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Create, bind and listen on one non-blocking TCP socket."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {describe_address(address)}: {exc.strerror}") \
+            from None
+    sock.setblocking(False)
+    return sock
+
+
+def default_listeners() -> list[socket.socket]:
+    """All interfaces, IPv6 and IPv4 together where the host has IPv6."""
+    port = socks_port()
+    try:
+        return [bind("::", port)]
+    except ListenError:
+        return [bind("0.0.0.0", port)]
+
+
+def systemd_listeners() -> list[socket.socket] | None:
+    """The sockets systemd passed us (LISTEN_FDS), or None when it passed none."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    socks = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks or None
+
+
+def stdin_is_connection() -> bool:
+    """True when fd 0 is a connected stream socket: started by inetd (nowait)."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(0).st_mode):
+            return False
+        sock = socket.socket(fileno=os.dup(0))
+    except OSError:
+        return False
+    try:
+        sock.getpeername()
+        return sock.type == socket.SOCK_STREAM
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def describe_address(address: tuple) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe(sock: socket.socket) -> str:
+    return describe_address(sock.getsockname())

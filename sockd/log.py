@@ -1,0 +1,87 @@
+"""Where sockd's log lines go, and how client-supplied text is made safe for them.
+
+Owns the `sockd` logger's handlers (syslog, stderr or a file) and the one
+escaping function that every client-controlled string passes through before it
+reaches a log line or a process title.  The line formats themselves belong to
+the session and the master, and are documented in sockd(8).
+"""
+
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+
+log = logging.getLogger("sockd")
+
+FACILITIES = logging.handlers.SysLogHandler.facility_names
+
+_SAFE = frozenset(map(chr, range(0x21, 0x7F))) - {"\\"}
+_ESCAPES = {c: c for c in _SAFE}
+
+
+def escape(text: str, limit: int = 255) -> str:
+    """Return *text* with every byte that is not printable ASCII written as \\xNN.
+
+    No newline, control byte or non-ASCII character from a client ever reaches
+    a log line or ps(1); a space becomes \\x20 so fields stay one word.
+    """
+    if len(text) > limit:
+        text = text[:limit]
+    if all(c in _SAFE for c in text):
+        return text
+    return "".join(_ESCAPES.get(c) or f"\\x{ord(c) & 0xFF:02x}" for c in text)
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    """A syslog handler that never lets a dead log socket stop the server."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        try:
+            self.socket.close()
+            self._connect_unixsocket(self.address)
+        except OSError:
+            pass
+
+
+def configure(where: str, *, syslog_address: str = "/dev/log",
+              facility: str = "daemon", level: int = logging.INFO) -> logging.Handler:
+    """Send the `sockd` logger to *where*: "syslog", "stderr" or a file path.
+
+    Returns the handler, so that the daemonizer can keep its file descriptor.
+    Raises ValueError for an unknown facility and OSError when the target
+    cannot be opened.
+    """
+    for old in list(log.handlers):
+        log.removeHandler(old)
+        old.close()
+    if where == "syslog":
+        if facility not in FACILITIES:
+            raise ValueError(f"unknown syslog facility {facility!r}")
+        address = syslog_address
+        if ":" in address and not os.path.exists(address):
+            host, _, port = address.rpartition(":")
+            handler = _SyslogHandler((host.strip("[]"), int(port)), FACILITIES[facility],
+                                     socktype=socket.SOCK_DGRAM)
+        else:
+            handler = _SyslogHandler(address, FACILITIES[facility])
+        handler.setFormatter(logging.Formatter("sockd[%(process)d]: %(message)s"))
+    else:
+        handler = (logging.StreamHandler(sys.stderr) if where == "stderr"
+                   else logging.FileHandler(where, encoding="ascii", errors="backslashreplace"))
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s sockd[%(process)d]: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+    return handler
+
+
+def handler_fds() -> list[int]:
+    """The file descriptors the logger holds (to keep them across daemonizing)."""
+    fds = []
+    for handler in log.handlers:
+        stream = getattr(handler, "stream", None) or getattr(handler, "socket", None)
+        if stream is not None:
+            fds.append(stream.fileno())
+    return fds

@@ -1,0 +1,302 @@
+"""The master process: keeps a pool of preforked workers and answers signals.
+
+Theory of operation
+-------------------
+The master binds the listeners (the CLI does, before we get here), then only
+watches.  Its loop wakes at least once a second (the tick) or when a signal
+arrives, and reads like this: dispatch the recorded signals, reap the workers
+that exited, then, once per tick, plan the pool (sockd.pool) and apply the plan.
+
+Signal handlers only record the signal; `handle_<name>()` acts on it in the
+loop:
+
+* HUP re-reads the rules and the password file.  A broken file keeps the
+  rules in force and says why.  A good one starts a new *generation*: new
+  workers serve with the new rules, and the workers of older generations are
+  asked (SIGTERM) to finish the session they are serving and leave.
+* TERM stops accepting within a second (every process closes its listeners),
+  lets the sessions in flight finish for up to --grace seconds, then exits 0.
+* INT stops at once.
+* USR1 logs one status line.
+
+A worker exiting with EXIT_BOOT_ERROR means workers cannot start at all (a
+bad --user, say): the master stops with exit status 3 rather than fork again
+and again.  The scoreboard slots of the workers are written by the master
+only at spawn and reap.
+"""
+
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import time
+
+from sockd import passwords as passwd_file
+from sockd import pool, proctitle, rules
+from sockd.scoreboard import Scoreboard, State
+from sockd.settings import Settings
+from sockd.worker import EXIT_BOOT_ERROR, Worker
+
+log = logging.getLogger("sockd")
+
+EXIT_OK = 0
+EXIT_WORKERS_FAILED = 3
+TICK = 1.0
+_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGCHLD)
+
+
+def load_rules(settings: Settings) -> rules.Ruleset:
+    """The rules in force for *settings*: the file, or the embedded default.
+
+    Raises rules.ConfigError.
+    """
+    if settings.config_given or os.path.exists(settings.config):
+        return rules.load(settings.config)
+    return rules.default_ruleset()
+
+
+class Master:
+    """The preforking master (gunicorn's Arbiter, Apache's prefork MPM)."""
+
+    def __init__(self, settings: Settings, ruleset: rules.Ruleset,
+                 listeners: list[socket.socket], passwords: dict[str, str] | None) -> None:
+        self.settings = settings
+        self.rules = ruleset
+        self.listeners = listeners
+        self.passwords = passwords
+        self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
+        self.board = Scoreboard(2 * settings.max_workers)
+        self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
+        self.generation = 1
+        self.spawn_rate = 1
+        self.warned = False
+        self.pending: list[int] = []
+        self.stop_deadline: float | None = None
+        self.exit_code: int | None = None
+        self.served_by_gone = 0
+        self.next_tick = 0.0
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit status."""
+        self.init_signals()
+        self.log_rules_in_force()
+        gc.collect()
+        gc.freeze()  # what the master built stays shared with the workers, page for page
+        self.spawn_workers(self.settings.min_spare)
+        while self.exit_code is None:
+            self.sleep()
+            self.dispatch_signals()
+            self.reap_workers()
+            if self.stop_deadline is not None:
+                self.check_drained()
+            elif time.monotonic() >= self.next_tick:
+                self.next_tick = time.monotonic() + TICK
+                self.maintain_pool()
+            self.show_title()
+        return self.exit_code
+
+    def init_signals(self) -> None:
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
+        for signum in _SIGNALS:
+            signal.signal(signum, self.record_signal)
+
+    def record_signal(self, signum, frame) -> None:
+        self.pending.append(signum)
+
+    def sleep(self) -> None:
+        """Wait for a signal or the next tick, whichever comes first."""
+        timeout = max(0.0, self.next_tick - time.monotonic()) if not self.pending else 0
+        try:
+            if select.select([self.wake_r], [], [], min(timeout, TICK))[0]:
+                while os.read(self.wake_r, 512):
+                    pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def dispatch_signals(self) -> None:
+        while self.pending:
+            signum = self.pending.pop(0)
+            name = signal.Signals(signum).name[3:].lower()
+            getattr(self, f"handle_{name}")()
+
+    # -- signals ----------------------------------------------------------------
+
+    def handle_chld(self) -> None:
+        """Nothing: the loop reaps after every wake-up."""
+
+    def handle_hup(self) -> None:
+        try:
+            new_rules = load_rules(self.settings)
+            new_passwords = passwd_file.load(self.settings.passwd) \
+                if self.settings.passwd else None
+        except (rules.ConfigError, passwd_file.PasswordError) as exc:
+            log.error("error -- reload failed, the rules in force stay: %s", exc)
+            return
+        except OSError as exc:
+            log.error("error -- reload failed, the rules in force stay: %s", exc)
+            return
+        self.rules, self.passwords = new_rules, new_passwords
+        self.generation += 1
+        log.info("reloaded -- generation %d", self.generation)
+        self.log_rules_in_force()
+        self.signal_workers(signal.SIGTERM, older_than=self.generation)
+        self.spawn_workers(self.settings.min_spare)
+
+    def handle_term(self) -> None:
+        if self.stop_deadline is None:
+            log.info("stopping -- letting %d workers finish for up to %g s",
+                     len(self.workers), self.settings.grace)
+            self.stop_deadline = time.monotonic() + self.settings.grace
+            self.close_listeners()
+            self.signal_workers(signal.SIGTERM)
+
+    def handle_int(self) -> None:
+        log.info("stopping now -- on SIGINT")
+        self.close_listeners()
+        self.signal_workers(signal.SIGKILL)
+        self.wait_for_workers()
+        self.exit_code = EXIT_OK
+
+    handle_quit = handle_int
+
+    def handle_usr1(self) -> None:
+        slots = self.live_slots()
+        idle = sum(1 for s in slots if s.state == State.IDLE)
+        served = self.served_by_gone + sum(s.sessions for s in slots)
+        log.info("status -- %d workers, %d idle, %d busy, %d sessions served, generation %d",
+                 len(slots), idle, len(slots) - idle, served, self.generation)
+        for s in slots:
+            if s.state not in (State.IDLE, State.STARTING):
+                log.info("status -- worker %d: %s %s@%s %s", s.pid, s.state.name.lower(),
+                         s.user or "-", s.client, s.destination or "-")
+
+    # -- workers ------------------------------------------------------------------
+
+    def spawn_workers(self, count: int) -> None:
+        for _ in range(count):
+            if not self.spawn_worker():
+                break
+
+    def spawn_worker(self) -> bool:
+        """Fork one worker of the current generation; False when no slot is free."""
+        index = self.board.free_slot()
+        if index is None:
+            return False
+        self.board.claim(index, 0, self.generation)
+        worker = Worker(index, self.generation, self.listeners, self.settings, self.rules,
+                        self.board, self.passwords)
+        pid = os.fork()
+        if pid == 0:
+            worker.run()  # never returns
+        self.board.set_pid(index, pid)
+        self.workers[pid] = (index, self.generation)
+        return True
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.reap_worker(pid, status)
+
+    def reap_worker(self, pid: int, status: int) -> None:
+        if pid not in self.workers:
+            log.debug("reaped pid %d, not a worker", pid)  # a shell hook's child, say
+            return
+        index, _ = self.workers.pop(pid)
+        slot = self.board.read(index)
+        self.served_by_gone += slot.sessions
+        self.board.release(index)
+        if os.WIFSIGNALED(status):
+            log.error("error -- worker %d killed by signal %d (%s)", pid, os.WTERMSIG(status),
+                      f"serving {slot.client}" if slot.state != State.IDLE else "idle")
+        elif os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
+            log.error("error -- worker %d could not start; stopping the server", pid)
+            self.halt(EXIT_WORKERS_FAILED)
+
+    def maintain_pool(self) -> None:
+        """Apply one tick of the spare-worker plan to the current generation."""
+        slots = [s for s in self.live_slots() if s.generation == self.generation]
+        idle = [s for s in slots if s.state == State.IDLE]
+        plan = pool.plan(len(idle), len(slots), self.limits, self.spawn_rate)
+        self.spawn_rate = plan.next_rate
+        if plan.warning and not self.warned:
+            log.warning("warning -- %s", plan.warning)
+        self.warned = bool(plan.warning)
+        if plan.retire and idle:
+            self.retire_worker(idle[-1].pid)
+        self.spawn_workers(plan.spawn)
+
+    def retire_worker(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def signal_workers(self, signum: int, older_than: int | None = None) -> None:
+        for pid, (_, generation) in list(self.workers.items()):
+            if older_than is None or generation < older_than:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def live_slots(self):
+        return [self.board.read(index) for index, _ in self.workers.values()]
+
+    # -- stopping -----------------------------------------------------------------
+
+    def check_drained(self) -> None:
+        if not self.workers:
+            log.info("stopped -- every session finished")
+            self.exit_code = EXIT_OK
+        elif time.monotonic() >= self.stop_deadline:
+            log.info("stopped -- grace period over, %d sessions cut", len(self.workers))
+            self.signal_workers(signal.SIGKILL)
+            self.wait_for_workers()
+            self.exit_code = EXIT_OK
+
+    def halt(self, code: int) -> None:
+        self.close_listeners()
+        self.signal_workers(signal.SIGKILL)
+        self.wait_for_workers()
+        self.exit_code = code
+
+    def wait_for_workers(self) -> None:
+        for pid in list(self.workers):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            index, _ = self.workers.pop(pid)
+            self.board.release(index)
+
+    def close_listeners(self) -> None:
+        for sock in self.listeners:
+            sock.close()
+
+    # -- what the administrator sees -------------------------------------------------
+
+    def log_rules_in_force(self) -> None:
+        if self.rules.file == "default":
+            log.info("rules -- no %s: the embedded default is in force "
+                     "(clients from 127.0.0.0/8 and ::1 only)", self.settings.config)
+        else:
+            log.info("rules -- %d rules from %s", len(self.rules.rules), self.rules.file)
+
+    def show_title(self) -> None:
+        slots = self.live_slots()
+        idle = sum(1 for s in slots if s.state == State.IDLE)
+        title = f"sockd: master [{len(slots)} workers, {idle} idle]"
+        if title != getattr(self, "_title", None):
+            self._title = title
+            proctitle.set_title(title)

@@ -1,0 +1,161 @@
+"""Moves bytes both ways between two connected sockets until both sides are done.
+
+Owns the relay loop and nothing else: no policy, no logging, no titles.  Each
+direction moves through its own kernel pipe with splice(2), so relayed bytes
+never enter Python; the loop only decides who is ready.  An end of file from
+one side becomes shutdown(SHUT_WR) towards the other once everything read
+from it has been written, and the other direction keeps flowing (half-close).
+"""
+
+import errno
+import fcntl
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PIPE_SIZE = 1 << 20          # bytes a direction may hold in flight
+CHUNK = 1 << 20              # most bytes asked of one splice(2)
+TICK = 1.0                   # seconds between calls of on_tick
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_RESET = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+          errno.ENETUNREACH, errno.ECONNABORTED)
+
+
+@dataclass
+class Stats:
+    """What a finished relay reports: bytes each way and why it ended."""
+
+    from_client: int = 0
+    from_server: int = 0
+    reason: str = "eof"          # "eof", "idle", "reset", "stopped"
+
+
+class _Direction:
+    """One way of the relay: bytes read from *src*, parked in a pipe, written to *dst*."""
+
+    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "room", "held", "count", "eof", "shut",
+                 "full")
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src, self.dst = src.fileno(), dst.fileno()
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.room = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            self.room = 1 << 16  # fs.pipe-max-size is lower here; the default size works
+        self.held = 0
+        self.full = False
+        self.count = 0
+        self.eof = False
+        self.shut = False
+
+    def fill(self) -> None:
+        """Read what the source has into the pipe; notice its end of file."""
+        try:
+            n = os.splice(self.src, self.pipe_w, CHUNK, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            # The pipe can run out of buffer slots before it runs out of bytes
+            # (one slot per received segment): wait for a drain, do not spin.
+            self.full = self.held > 0
+            return
+        if n == 0:
+            self.eof = True
+        self.held += n
+        self.count += n
+
+    def drain(self) -> None:
+        """Write what the pipe holds to the destination, as far as it takes it."""
+        try:
+            n = os.splice(self.pipe_r, self.dst, self.held, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        self.held -= n
+        self.full = False
+
+    @property
+    def done(self) -> bool:
+        return self.shut
+
+    def close(self) -> None:
+        os.close(self.pipe_r)
+        os.close(self.pipe_w)
+
+
+def _shutdown_write(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
+          on_tick: Callable[[], bool] | None = None) -> Stats:
+    """Relay between *client* and *server* until both directions have ended.
+
+    Args:
+        client, server: connected stream sockets; made non-blocking here.
+        idle_timeout: end the relay after this many seconds with no byte moved.
+        on_tick: called about once a second; returning False stops the relay.
+
+    Returns:
+        Stats with the byte counts and the reason the relay ended.
+    """
+    client.setblocking(False)
+    server.setblocking(False)
+    up = _Direction(client, server)
+    down = _Direction(server, client)
+    stats = Stats()
+    try:
+        stats.reason = _run(up, down, idle_timeout, on_tick, client, server)
+    finally:
+        stats.from_client, stats.from_server = up.count, down.count
+        up.close()
+        down.close()
+    return stats
+
+
+def _run(up: _Direction, down: _Direction, idle_timeout: float,
+         on_tick: Callable[[], bool] | None, client: socket.socket,
+         server: socket.socket) -> str:
+    """The loop proper: wait for readiness, splice, pass half-closes on."""
+    now = time.monotonic()
+    last_activity = next_tick = now
+    directions = (up, down)
+    sockets = {up.dst: server, down.dst: client}
+    while not (up.done and down.done):
+        readers = [d.src for d in directions if not (d.eof or d.full or d.held >= d.room)]
+        writers = [d.dst for d in directions if d.held]
+        timeout = max(0.0, next_tick - now)
+        try:
+            readable, writable, _ = select.select(readers, writers, (), timeout)
+        except InterruptedError:
+            readable = writable = []
+        now = time.monotonic()
+        if readable or writable:
+            last_activity = now
+        try:
+            for d in directions:
+                if d.dst in writable:
+                    d.drain()
+                if d.src in readable:
+                    d.fill()
+                    if d.held:
+                        d.drain()  # most of the time the other side takes it at once
+                if d.eof and not d.held and not d.shut:
+                    d.shut = True
+                    _shutdown_write(sockets[d.dst])
+        except OSError as exc:
+            if exc.errno in _RESET:
+                return "reset"
+            raise
+        if now >= next_tick:
+            next_tick = now + TICK
+            if on_tick is not None and not on_tick():
+                return "stopped"
+            if now - last_activity >= idle_timeout:
+                return "idle"
+    return "eof"

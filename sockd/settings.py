@@ -1,0 +1,37 @@
+"""The settings of one sockd run, as parsed from the command line.
+
+A plain frozen value: the master, the workers and the sessions read it and
+nothing writes it after start-up.
+"""
+
+from dataclasses import dataclass
+
+DEFAULT_CONFIG = "/etc/sockd.conf"
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: str = DEFAULT_CONFIG
+    config_given: bool = False          # -c was on the command line
+    route: str | None = None
+    passwd: str | None = None
+    listen: tuple[str, ...] = ()
+    foreground: bool = False
+    inetd: bool = False
+    pidfile: str | None = None
+    user: str | None = None
+    log: str = "syslog"
+    syslog_address: str = "/dev/log"
+    facility: str = "daemon"
+    ident: str = "n"                    # -i relaxed "i", -I strict "I", else "n"
+    min_spare: int = 5
+    max_spare: int = 10
+    max_workers: int = 64
+    max_requests: int = 10000
+    negotiate_timeout: float = 30.0
+    connect_timeout: float = 120.0
+    bind_timeout: float = 120.0
+    idle_timeout: float = 7200.0
+    ident_timeout: float = 15.0
+    grace: float = 30.0
+    debug: bool = False
