@@ -227,7 +227,9 @@ class Master:
         """Apply one tick of the spare-worker plan to the current generation."""
         slots = [s for s in self.live_slots() if s.generation == self.generation]
         idle = [s for s in slots if s.state == State.IDLE]
-        plan = pool.plan(len(idle), len(slots), self.limits, self.spawn_rate)
+        # A worker still booting will be idle in a moment: count it (as Apache does).
+        starting = sum(1 for s in slots if s.state == State.STARTING)
+        plan = pool.plan(len(idle) + starting, len(slots), self.limits, self.spawn_rate)
         self.spawn_rate = plan.next_rate
         if plan.warning and not self.warned:
             log.warning("warning -- %s", plan.warning)

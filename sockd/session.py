@@ -148,7 +148,7 @@ class Session:
             upstream = self.connect()
             self.serve(upstream)
         except SessionEnd:
-            pass
+            self._linger()
         finally:
             self.sock.close()
 
@@ -254,6 +254,24 @@ class Session:
                  stats.from_server, self.destination(), elapsed, stats.reason)
 
     # -- helpers ------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """After an error reply: pass our EOF, then read what the client still sends.
+
+        Closing with unread bytes in the socket makes the kernel answer with
+        a reset, which can destroy the reply before the client reads it.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            for _ in range(16):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+                    return
+                if not self.sock.recv(65536):
+                    return
+        except OSError:
+            return
 
     def story(self) -> str:
         """The part every session log line shares (sockd(8), LOG LINES)."""

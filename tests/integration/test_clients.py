@@ -5,7 +5,6 @@ import subprocess
 
 import pytest
 import socks  # PySocks
-
 from conftest import require
 
 pytestmark = pytest.mark.integration

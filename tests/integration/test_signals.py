@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import LOOPBACK_RULES, wait_until
 
 pytestmark = pytest.mark.integration
@@ -30,7 +29,9 @@ def echo_round_trip(s: socket.socket, data: bytes = b"ping") -> None:
     s.sendall(data)
     got = b""
     while len(got) < len(data):
-        got += s.recv(65536)
+        chunk = s.recv(65536)
+        assert chunk, "the session ended"
+        got += chunk
     assert got == data
 
 
@@ -45,7 +46,7 @@ def test_kill_9_of_a_busy_worker_loses_only_its_session(sockd, echo_server):
     assert len(busy) == 2
     # kill the worker serving `victim`: the one whose socket peer is our port
     os.kill(busy[0], signal.SIGKILL)
-    server.wait_log(r"worker %d killed by signal 9" % busy[0])
+    server.wait_log(rf"worker {busy[0]} killed by signal 9")
     lost = []
     for s in (victim, survivor):
         try:

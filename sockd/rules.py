@@ -1,0 +1,901 @@
+"""sockd.conf: parse, compile and evaluate the access rules.
+
+This module owns the rule language of sockd.conf(5): the classic CSTC line
+
+    action [?=auth] [*=users] src_addr src_mask [dst_addr dst_mask] [op dst_port] [: shell-command]
+
+with its modern extensions (CIDR and IPv6 addresses, ``cmd=``, ``auth=password`` and destination
+name patterns), the special ``#NO_IDENTD:`` and ``#BAD_ID:`` lines, and the decision "which line
+judges this request".
+
+What it must not do: open sockets, run commands, or look anything up while judging a request.
+Host and network names in rules are resolved once, when the file is loaded, through an injectable
+resolver; user files (``*=/etc/goodusers``) are read at load too.  The only name looked up while
+judging is the destination of a request that came by name, and only through the caller's
+``resolve`` function, at most once, and only when a rule needs the address (a request refused by a
+name pattern causes no DNS lookup).
+
+Contract (sockd.conf(5) is the user's version of it):
+
+- First match wins; no match denies.  Every rule keeps ``file:line`` and the text as written, and
+  the `Decision` names the rule that made it.
+- Fail closed: a line that the original CSTC daemon skipped or read as a broader rule than written
+  (a stray token, an unknown word, a bad address or mask, an unreadable user file, a line over
+  1023 characters) is a `ConfigError` naming the file, the line and the token.
+- Rules are compiled once per load into bitsets (one bit per rule), so judging a request costs a
+  few big-integer operations whatever the number of rules.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import enum
+import ipaddress
+import os
+import re
+import socket
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str], IPAddress]
+
+MAX_LINE = 1023                 # sockd.conf(5): "Lines ... may be up to 1023 characters long"
+MAX_USER_FILE = 10 * 1024 * 1024
+NETWORKS_FILE = "/etc/networks"
+
+ACTIONS = {"allow": "allow", "permit": "allow", "deny": "deny"}
+OPERATORS = ("eq", "neq", "lt", "le", "gt", "ge")
+
+
+class ConfigError(Exception):
+    """An error in a rules file; ``str(e)`` is ``FILE:LINE: message`` (``FILE: message`` when the
+    error concerns the whole file, then ``line`` is None)."""
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.file}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+    def __reduce__(self):
+        return (ConfigError, (self.file, self.line, self.message))
+
+
+class FieldError(Exception):
+    """A bad field; the loader turns it into a `ConfigError` with the file and line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class IdentPolicy(enum.Enum):
+    """How a permit line uses the client's identd (RFC 1413)."""
+
+    NONE = "n"       # no identd check
+    RELAXED = "i"    # deny only when identd names another user
+    STRICT = "I"     # deny also when identd cannot be reached
+
+
+class Command(enum.StrEnum):
+    """The request a rule may be restricted to (``cmd=``); equal to the lowercase word."""
+
+    CONNECT = "connect"
+    BIND = "bind"
+    UDP = "udp"      # SOCKS5 UDP ASSOCIATE
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request to judge, as the session saw it.
+
+    ``dst`` is the destination as requested: an address, or a host name (SOCKS4a, SOCKS5 domain).
+    ``user`` is the SOCKS4 USERID or the RFC 1929 user name ("" if none); ``authenticated`` is
+    True when SOCKS5 username/password authentication succeeded.
+    """
+
+    command: Command | str
+    src: IPAddress
+    user: str
+    authenticated: bool
+    dst: IPAddress | str
+    port: int
+
+
+@dataclass(frozen=True)
+class AddressMatch:
+    """An address condition: ``(address & mask) == (value & mask)``, netmask style.
+
+    A zero mask (``0.0.0.0 0.0.0.0``, ``0.0.0.0/0``, ``::/0``) matches every address of both
+    families and every destination name: the classic "every host on the Internet".
+    """
+
+    version: int
+    value: int          # already masked
+    mask: int
+    text: str           # as written, e.g. "10.0.0.0 255.0.0.0" or "10.0.0.0/8"
+
+    @property
+    def matches_all(self) -> bool:
+        return self.mask == 0
+
+    def matches(self, address: IPAddress) -> bool:
+        if self.mask == 0:
+            return True
+        address = unmapped(address)
+        return address.version == self.version and int(address) & self.mask == self.value
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    """A destination host-name pattern: ``www.example.com`` exactly, ``.example.com`` the zone
+    (the apex ``example.com`` and every name under it).  Only requests that came by name match."""
+
+    name: str           # lowercase, no leading or trailing dot
+    zone: bool
+
+    @property
+    def text(self) -> str:
+        return "." + self.name if self.zone else self.name
+
+    def matches(self, hostname: str) -> bool:
+        hostname = normalize_hostname(hostname)
+        if hostname == self.name:
+            return True
+        return self.zone and hostname.endswith("." + self.name)
+
+
+@dataclass(frozen=True)
+class PortTest:
+    """``op port``: a test on the destination port."""
+
+    op: str
+    port: int
+
+    def passes(self, port: int) -> bool:
+        return _OP_FUNCTIONS[self.op](port, self.port)
+
+
+_OP_FUNCTIONS: dict[str, Callable[[int, int], bool]] = {
+    "eq": lambda a, b: a == b, "neq": lambda a, b: a != b,
+    "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule line.  ``users`` None means any user; ``commands`` None means every command;
+    ``dst`` None means any destination; ``port`` None means any port."""
+
+    action: str                                  # "allow" or "deny"
+    ident: IdentPolicy | None                    # the line's ?=, None when absent
+    users: frozenset[str] | None
+    src: AddressMatch
+    dst: AddressMatch | NamePattern | None
+    port: PortTest | None
+    commands: frozenset[Command] | None
+    require_auth: bool                           # auth=password
+    shell_command: str | None
+    file: str
+    line: int
+    text: str                                    # the line as written
+    index: int = 0                               # position in the ruleset
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def allows(self) -> bool:
+        return self.action == "allow"
+
+
+@dataclass(frozen=True)
+class SpecialLine:
+    """A ``#NO_IDENTD:`` or ``#BAD_ID:`` line: the command to run when identd cannot be reached or
+    names another user.  Same attribute names as `Rule` for the command and its place."""
+
+    kind: str                                    # "NO_IDENTD" or "BAD_ID"
+    shell_command: str
+    file: str
+    line: int
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one request.
+
+    ``where`` is the matching rule's ``FILE:LINE``; ``FILE:no-match`` when no line matched; and
+    ``default`` for every decision of the embedded default rules.  ``resolved`` is the address
+    the destination name was resolved to when evaluation had to resolve it (the server must then
+    connect to exactly that address), else None.
+    """
+
+    allowed: bool
+    rule: Rule | None
+    where: str
+    resolved: IPAddress | None = None
+
+    def ident_policy(self, default: IdentPolicy) -> IdentPolicy:
+        """The ident policy for this request: the line's ``?=``, else the daemon's -i/-I default;
+        NONE for a deny or no match (identd is never asked about a request that is refused)."""
+        if self.rule is None or not self.allowed:
+            return IdentPolicy.NONE
+        return self.rule.ident if self.rule.ident is not None else default
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_resolver(name: str) -> IPAddress:
+    """Resolve a host or network name as CSTC's GetAddr did: host first, then /etc/networks.
+    Returns an IPv4 address (classic masks are IPv4); raises LookupError when nothing matches."""
+    try:
+        return ipaddress.IPv4Address(socket.gethostbyname(name))
+    except OSError:
+        pass
+    network = _network_by_name(name, NETWORKS_FILE)
+    if network is None:
+        raise LookupError(f"unknown host or network {name!r}")
+    return network
+
+
+def _network_by_name(name: str, path: str) -> ipaddress.IPv4Address | None:
+    """getnetbyname(3) on networks(5): ``name number [aliases]``; ``10.1`` means 10.1.0.0."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and name in (fields[0], *fields[2:]):
+            parts = fields[1].split(".")
+            try:
+                return ipaddress.IPv4Address(".".join(parts + ["0"] * (4 - len(parts))))
+            except ValueError:
+                return None
+    return None
+
+
+def load(path: str, *, resolver: Resolver = default_resolver) -> Ruleset:
+    """Read and compile a rules file; raise the file's first `ConfigError`."""
+    ruleset, errors = _load(path, resolver)
+    if errors:
+        raise errors[0]
+    assert ruleset is not None
+    return ruleset
+
+
+def check(path: str, *, resolver: Resolver = default_resolver) -> list[ConfigError]:
+    """Every error of a rules file, in line order (empty when the file is good)."""
+    return _load(path, resolver)[1]
+
+
+def parse_text(text: str, file: str = "<string>", *,
+               resolver: Resolver = default_resolver) -> Ruleset:
+    """Compile rules given as text; raise the first `ConfigError`."""
+    ruleset, errors = _parse(text, file, resolver)
+    if errors:
+        raise errors[0]
+    assert ruleset is not None
+    return ruleset
+
+
+def check_text(text: str, file: str = "<string>", *,
+               resolver: Resolver = default_resolver) -> list[ConfigError]:
+    """Every error of rules given as text."""
+    return _parse(text, file, resolver)[1]
+
+
+DEFAULT_RULES = """\
+# The embedded default: only this host may use the server.
+allow 127.0.0.0/8
+allow ::1
+deny 0.0.0.0/0
+"""
+
+
+def default_ruleset() -> Ruleset:
+    """The embedded default: allow clients from 127.0.0.0/8 and ::1 to anywhere, deny the rest.
+    Its decisions say ``default``."""
+    ruleset = parse_text(DEFAULT_RULES, "default", resolver=_no_resolver)
+    return Ruleset(ruleset.file, ruleset.rules, None, None, embedded=True)
+
+
+def _no_resolver(name: str) -> IPAddress:
+    raise LookupError(name)
+
+
+def _load(path: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, [ConfigError(path, None, f"cannot read: {e.strerror or e}")]
+    return _parse(data.decode("utf-8", "surrogateescape"), path, resolver)
+
+
+def _parse(text: str, file: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:
+    parser = _Parser(file, resolver)
+    for number, line in enumerate(text.split("\n"), start=1):
+        try:
+            parser.feed(number, line.removesuffix("\r"))
+        except FieldError as e:
+            parser.errors.append(ConfigError(file, number, e.message))
+    if parser.errors:
+        return None, parser.errors
+    return Ruleset(file, tuple(parser.rules), parser.specials.get("NO_IDENTD"),
+                   parser.specials.get("BAD_ID")), []
+
+
+class _Parser:
+    """Reads a file line by line; `feed` raises `FieldError` for a bad line."""
+
+    def __init__(self, file: str, resolver: Resolver) -> None:
+        self.file = file
+        self.resolver = resolver
+        self.rules: list[Rule] = []
+        self.specials: dict[str, SpecialLine] = {}
+        self.errors: list[ConfigError] = []
+
+    def feed(self, number: int, line: str) -> None:
+        if len(line) > MAX_LINE:
+            # The original's fgets split such a line and read its tail as another rule.
+            raise FieldError(f"line too long ({len(line)} characters, at most {MAX_LINE})")
+        for kind in ("NO_IDENTD", "BAD_ID"):
+            if line.startswith(f"#{kind}:"):
+                self._special(kind, number, line)
+                return
+        tokens, command = split_line(line)
+        if not tokens and command is None:
+            return
+        self.rules.append(self._rule(tokens, command, number, line))
+
+    def _special(self, kind: str, number: int, line: str) -> None:
+        if kind in self.specials:
+            first = self.specials[kind].line
+            raise FieldError(f"second #{kind}: line (the first is line {first})")
+        command = _shell_command(line[len(kind) + 2:])
+        self.specials[kind] = SpecialLine(kind, command, self.file, number, line)
+
+    def _rule(self, tokens: list[str], command: str | None, number: int, line: str) -> Rule:
+        if not tokens:
+            raise FieldError("missing action before ':' (expected allow, permit or deny)")
+        action = ACTIONS.get(tokens[0])
+        if action is None:
+            raise FieldError(f"unknown action '{tokens[0]}' (expected allow, permit or deny)")
+        rest = tokens[1:]
+        options = _Options()
+        while rest and "=" in rest[0]:
+            options.take(rest.pop(0), self._read_user_file)
+        src, rest = parse_address_field(rest, self.resolver, "source")
+        dst, rest = self._destination(rest)
+        port = _port_test(rest)
+        return Rule(action=action, ident=options.ident, users=options.users, src=src, dst=dst,
+                    port=port, commands=options.commands, require_auth=options.require_auth,
+                    shell_command=None if command is None else _shell_command(command),
+                    file=self.file, line=number, text=line, index=len(self.rules))
+
+    def _destination(self, tokens: list[str]) -> tuple[AddressMatch | NamePattern | None,
+                                                       list[str]]:
+        if not tokens or tokens[0] in OPERATORS:
+            return None, tokens
+        first = tokens[0]
+        single = _single_token_address(first)
+        if single is not None:
+            _refuse_ipv6_mask(tokens)
+            return single, tokens[1:]
+        if first.startswith("."):
+            return _name_pattern(first), tokens[1:]
+        if len(tokens) >= 2 and _is_dotted_quad(tokens[1]):
+            return _pair(first, tokens[1], self.resolver), tokens[2:]
+        if re.fullmatch(r"[0-9.]+", first):
+            raise FieldError(f"destination address '{first}' has no mask")
+        if "." not in first:
+            raise FieldError(f"'{first}' is neither an operator nor a destination (a host name "
+                             "pattern has a dot; a single-label name needs a mask)")
+        return _name_pattern(first), tokens[1:]
+
+    def _read_user_file(self, path: str) -> set[str]:
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise FieldError(f"user file '{path}' is not a regular file")
+            with open(path, "rb") as f:
+                data = f.read(MAX_USER_FILE + 1)
+        except OSError as e:
+            raise FieldError(f"cannot read user file '{path}': {e.strerror or e}") from None
+        except ValueError:
+            raise FieldError(f"bad user file name '{path}'") from None
+        if len(data) > MAX_USER_FILE:
+            raise FieldError(f"user file '{path}' is larger than {MAX_USER_FILE} bytes")
+        return parse_user_file(data.decode("utf-8", "surrogateescape"))
+
+
+def parse_address_field(tokens: list[str], resolver: Resolver,
+                        what: str = "source") -> tuple[AddressMatch, list[str]]:
+    """An address field at the head of ``tokens``: ``addr mask`` (a dotted quad or a name
+    resolved now, and a dotted-quad mask), a CIDR prefix, or an IPv6 address or prefix.
+    Returns it with the tokens that follow."""
+    if not tokens:
+        raise FieldError(f"missing {what} address")
+    single = _single_token_address(tokens[0])
+    if single is not None:
+        _refuse_ipv6_mask(tokens)
+        return single, tokens[1:]
+    if len(tokens) < 2:
+        raise FieldError(f"{what} address '{tokens[0]}' has no mask")
+    return _pair(tokens[0], tokens[1], resolver), tokens[2:]
+
+
+def _pair(address_token: str, mask_token: str, resolver: Resolver) -> AddressMatch:
+    mask = _quad(mask_token)
+    if mask is None:
+        raise FieldError(f"bad mask '{mask_token}' (expected a dotted quad)")
+    address = resolve_address(address_token, resolver)
+    if address.version != 4:
+        raise FieldError(f"'{address_token}' resolves to {address}, not an IPv4 address to mask")
+    return AddressMatch(4, int(address) & mask, mask, f"{address_token} {mask_token}")
+
+
+def resolve_address(token: str, resolver: Resolver) -> IPAddress:
+    """A literal IPv4 or IPv6 address, or a host or network name resolved by ``resolver``."""
+    if re.fullmatch(r"[0-9.]+", token):
+        number = _quad(token)
+        if number is None:
+            raise FieldError(f"bad address '{token}'")
+        return ipaddress.IPv4Address(number)
+    if ":" in token:
+        try:
+            return unmapped(ipaddress.IPv6Address(token))
+        except ValueError:
+            raise FieldError(f"bad address '{token}'") from None
+    if not _HOSTNAME.fullmatch(token):
+        raise FieldError(f"bad address '{token}'")
+    try:
+        return unmapped(ipaddress.ip_address(resolver(token)))
+    except (OSError, LookupError, ValueError):
+        raise FieldError(f"cannot resolve '{token}'") from None
+
+
+def parse_user_file(text: str) -> set[str]:
+    """User ids of a user file: separated by blanks, tabs or commas; ``#`` starts a comment."""
+    users: set[str] = set()
+    for line in text.splitlines():
+        users.update(u for u in re.split(r"[ \t,]+", line.split("#", 1)[0]) if u)
+    return users
+
+
+class _Options:
+    """The ``key=value`` words between the action and the source address."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.ident: IdentPolicy | None = None
+        self.users: frozenset[str] | None = None
+        self.commands: frozenset[Command] | None = None
+        self.require_auth = False
+
+    def take(self, token: str, read_user_file: Callable[[str], set[str]]) -> None:
+        key, value = token.split("=", 1)
+        if key not in ("?", "*", "cmd", "auth"):
+            raise FieldError(f"unknown keyword '{key}=' (expected ?=, *=, cmd= or auth=)")
+        if key in self.seen:
+            raise FieldError(f"'{key}=' given twice")
+        self.seen.add(key)
+        if key == "?":
+            self.ident = _ident(value)
+        elif key == "*":
+            self.users = _users(value, read_user_file)
+        elif key == "cmd":
+            self.commands = _commands(value)
+        elif value != "password":
+            raise FieldError(f"unknown authentication '{value}' in 'auth=' (expected password)")
+        else:
+            self.require_auth = True
+
+
+def _ident(value: str) -> IdentPolicy:
+    if value == "":
+        return IdentPolicy.NONE
+    try:
+        return IdentPolicy(value)
+    except ValueError:
+        raise FieldError(f"bad ?= value '{value}' (expected I, i, n or nothing)") from None
+
+
+def _users(value: str, read_user_file: Callable[[str], set[str]]) -> frozenset[str] | None:
+    if value == "":
+        return None             # CSTC: an empty *= means all users
+    users: set[str] = set()
+    for entry in value.split(","):
+        if entry == "":
+            raise FieldError(f"empty entry in '*={value}'")
+        if entry.startswith("/"):
+            users |= read_user_file(entry)
+        else:
+            users.add(entry)
+    return frozenset(users)
+
+
+def _commands(value: str) -> frozenset[Command]:
+    commands = set()
+    for word in value.split(","):
+        try:
+            commands.add(Command(word))
+        except ValueError:
+            raise FieldError(f"unknown command '{word}' in 'cmd={value}' "
+                             "(expected connect, bind or udp)") from None
+    return frozenset(commands)
+
+
+def _port_test(tokens: list[str]) -> PortTest | None:
+    if not tokens:
+        return None
+    op = tokens[0]
+    if op not in OPERATORS:
+        raise FieldError(f"unknown operator '{op}' (expected eq, neq, lt, le, gt or ge)")
+    if len(tokens) < 2:
+        raise FieldError(f"operator '{op}' has no port")
+    if len(tokens) > 2:
+        raise FieldError(f"unexpected '{tokens[2]}' after the port test")
+    return PortTest(op, parse_port(tokens[1]))
+
+
+def parse_port(token: str) -> int:
+    """A port number (0-65535) or a tcp service name of /etc/services; `FieldError` if neither."""
+    if token.isascii() and token.isdigit():
+        port = int(token)
+        if port > 65535:
+            raise FieldError(f"port '{token}' out of range (0-65535)")
+        return port
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9._+-]*", token):
+        try:
+            return socket.getservbyname(token, "tcp")
+        except OSError:
+            pass
+    raise FieldError(f"unknown service or bad port '{token}'")
+
+
+def _shell_command(text: str) -> str:
+    command = text.replace("\t", " ").strip()
+    if not command:
+        raise FieldError("empty shell command after ':'")
+    if not any(c.isascii() and c.isalnum() for c in command):
+        # The original refused such commands when it came to run them.
+        raise FieldError(f"shell command '{command}' has no letters or digits")
+    return command
+
+
+def split_line(line: str) -> tuple[list[str], str | None]:
+    """Split a rule line into its fields and its shell command (None when there is no ``:``).
+
+    As in CSTC: a ``#`` before the command starts a comment, the first ``:`` starts the command,
+    tabs are blanks.  One modern exception: a field that is an IPv6 address or prefix keeps its
+    colons (``::1``, ``2001:db8::/32``).
+    """
+    if ":" not in line and "#" not in line:
+        return [t for t in line.replace("\t", " ").split(" ") if t], None
+    tokens: list[str] = []
+    for match in re.finditer(r"[^ \t]+", line):
+        chunk = match.group()
+        word = chunk.split("#", 1)[0]
+        colon = word.find(":")
+        if colon >= 0 and not _is_ipv6_token(word):
+            if colon:
+                tokens.append(word[:colon])
+            return tokens, line[match.start() + colon + 1:]
+        if word:
+            tokens.append(word)
+        if len(word) < len(chunk):
+            break
+    return tokens, None
+
+
+def _is_ipv6_token(word: str) -> bool:
+    """Looks like an IPv6 address or prefix (two colons or more, hex digits, dots for an
+    embedded IPv4, an optional /prefix): its colons do not start a shell command."""
+    return _IPV6_LIKE.fullmatch(word) is not None
+
+
+_IPV6_LIKE = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*(/[0-9]*)?")
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(\.(?!-)[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _quad(token: str) -> int | None:
+    """A strict dotted quad as an integer (no octal, no short forms), else None.  inet_pton
+    rather than ipaddress: loading a 10,000-line file parses some 30,000 of them."""
+    if not token.isascii():
+        return None
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, token), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def _is_dotted_quad(token: str) -> bool:
+    return _quad(token) is not None
+
+
+def _single_token_address(token: str) -> AddressMatch | None:
+    """A CIDR prefix (``10.0.0.0/8``, ``2001:db8::/32``) or a lone IPv6 address (a /128);
+    None for anything that is not one field on its own.  inet_pton rather than ipaddress, which
+    is ten times slower: a big file has thousands of these."""
+    if "/" not in token and ":" not in token:
+        return None
+    address, slash, length = token.partition("/")
+    version, bits = (6, 128) if ":" in address else (4, 32)
+    try:
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        number = int.from_bytes(socket.inet_pton(family, address), "big")
+    except (OSError, ValueError):
+        raise FieldError(f"bad address '{token}'") from None
+    if not slash:
+        length = str(bits)
+    if not (length.isascii() and length.isdigit() and int(length) <= bits):
+        raise FieldError(f"bad address '{token}'")
+    prefix = int(length)
+    mask = (1 << bits) - (1 << (bits - prefix))
+    if number & ~mask:
+        # Not a broader rule than written: 10.0.0.1/8 may have meant 10.0.0.1/32.
+        network = ipaddress.ip_network((number & mask, prefix) if version == 4 else
+                                       (ipaddress.IPv6Address(number & mask), prefix))
+        raise FieldError(f"host bits set in '{token}' (did you mean {network}?)")
+    if version == 6 and prefix >= 96 and number >> 32 == 0xFFFF:
+        return AddressMatch(4, number & 0xFFFFFFFF, mask & 0xFFFFFFFF, token)   # ::ffff:a.b.c.d
+    return AddressMatch(version, number, mask, token)
+
+
+def _refuse_ipv6_mask(tokens: list[str]) -> None:
+    """``2001:db8:: ffff:ffff::`` is a classic pair written in IPv6: refuse it rather than read
+    two host addresses."""
+    if len(tokens) < 2 or "/" in tokens[0] or ":" not in tokens[1]:
+        return
+    try:
+        mask = int(ipaddress.IPv6Address(tokens[1]))
+    except ValueError:
+        return
+    ones = bin(mask).count("1")
+    if mask == ((1 << ones) - 1) << (128 - ones):
+        raise FieldError(f"an IPv6 address takes a /prefix, not a mask: "
+                         f"write {tokens[0]}/{ones}, not '{tokens[0]} {tokens[1]}'")
+
+
+def _name_pattern(token: str) -> NamePattern:
+    zone = token.startswith(".")
+    name = token[1:] if zone else token
+    if not _HOSTNAME.fullmatch(name):
+        raise FieldError(f"bad host name pattern '{token}'")
+    return NamePattern(normalize_hostname(name), zone)
+
+
+def normalize_hostname(name: str) -> str:
+    return name.lower().removesuffix(".")
+
+
+def unmapped(address: IPAddress) -> IPAddress:
+    """IPv4-mapped IPv6 (``::ffff:10.1.2.3``, what a dual-stack socket reports) as IPv4."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class Ruleset:
+    """The compiled rules of one file.  Immutable; `evaluate` is a pure function of the query
+    (and of the caller's ``resolve`` for a destination that came by name)."""
+
+    def __init__(self, file: str, rules: tuple[Rule, ...], no_identd: SpecialLine | None = None,
+                 bad_id: SpecialLine | None = None, *, embedded: bool = False) -> None:
+        self.file = file
+        self.rules = tuple(r if r.index == i else dataclasses.replace(r, index=i)
+                           for i, r in enumerate(rules))
+        self.no_identd = no_identd
+        self.bad_id = bad_id
+        self.embedded = embedded
+        self._index = _Index(rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __repr__(self) -> str:
+        return f"<Ruleset {self.file}: {len(self.rules)} rules>"
+
+    def evaluate(self, query: Query, resolve: Resolver) -> Decision:
+        """Judge ``query``: the first rule that matches decides; no match denies.
+
+        ``resolve(name)`` is called at most once, and only when the first rule that could still
+        match has an address destination and the request came by name; its exceptions propagate.
+        """
+        index = self._index
+        src = unmapped(ipaddress.ip_address(query.src) if isinstance(query.src, str)
+                        else query.src)
+        candidates = (index.src.lookup(src) & index.commands[Command(query.command)]
+                      & (index.all if query.authenticated else index.no_auth)
+                      & index.users.get(query.user, index.any_user)
+                      & index.ports.lookup(query.port))
+        dst = _as_address(query.dst)
+        if not isinstance(dst, str):
+            return self._decide(candidates & (index.any_dst | index.dst.lookup(dst)), None)
+        by_name = candidates & (index.any_dst | index.names.lookup(dst))
+        need_address = candidates & index.addressed_dst
+        if need_address and _lowest(need_address) < _lowest(by_name):
+            resolved = unmapped(resolve(dst))
+            by_name |= need_address & index.dst.lookup(resolved)
+            return self._decide(by_name, resolved)
+        return self._decide(by_name, None)
+
+    def _decide(self, candidates: int, resolved: IPAddress | None) -> Decision:
+        if not candidates:
+            where = "default" if self.embedded else f"{self.file}:no-match"
+            return Decision(False, None, where, resolved)
+        rule = self.rules[_lowest(candidates)]
+        return Decision(rule.allows, rule, "default" if self.embedded else rule.where, resolved)
+
+
+def _as_address(dst: IPAddress | str) -> IPAddress | str:
+    if isinstance(dst, str):
+        try:
+            return unmapped(ipaddress.ip_address(dst))
+        except ValueError:
+            return normalize_hostname(dst)
+    return unmapped(dst)
+
+
+def _lowest(bits: int) -> int:
+    """Index of the lowest set bit (the first rule); a huge number when there is none."""
+    return (bits & -bits).bit_length() - 1 if bits else 1 << 62
+
+
+class _Index:
+    """The rules as bitsets: for each condition, which rules it lets through.  Bit i is rule i,
+    so the lowest bit of the AND of all conditions is the first matching rule."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        def having(test: Callable[[Rule], bool]) -> int:
+            return _union(1 << r.index for r in rules if test(r))
+
+        def addressed(r: Rule) -> bool:
+            return isinstance(r.dst, AddressMatch) and not r.dst.matches_all
+
+        self.all = (1 << len(rules)) - 1
+        self.src = _AddressIndex((r.src, 1 << r.index) for r in rules)
+        self.dst = _AddressIndex((r.dst, 1 << r.index) for r in rules if addressed(r))
+        self.addressed_dst = having(addressed)
+        self.any_dst = having(lambda r: r.dst is None or
+                              (isinstance(r.dst, AddressMatch) and r.dst.matches_all))
+        self.names = _NameIndex((r.dst, 1 << r.index) for r in rules
+                                if isinstance(r.dst, NamePattern))
+        self.commands = {c: having(lambda r, c=c: r.commands is None or c in r.commands)
+                         for c in Command}
+        self.no_auth = having(lambda r: not r.require_auth)
+        self.any_user = having(lambda r: r.users is None)
+        self.users: dict[str, int] = {}
+        for rule in rules:
+            for user in rule.users or ():
+                self.users[user] = self.users.get(user, self.any_user) | 1 << rule.index
+        self.ports = _PortIndex(rules)
+
+
+def _union(bits: Iterable[int]) -> int:
+    total = 0
+    for bit in bits:
+        total |= bit
+    return total
+
+
+class _AddressIndex:
+    """Address conditions grouped by (family, mask): one dict lookup per distinct mask."""
+
+    def __init__(self, entries: Iterable[tuple[AddressMatch, int]]) -> None:
+        self.any = 0
+        groups: dict[tuple[int, int], dict[int, int]] = {}
+        for match, bit in entries:
+            if match.matches_all:
+                self.any |= bit
+                continue
+            table = groups.setdefault((match.version, match.mask), {})
+            table[match.value] = table.get(match.value, 0) | bit
+        self.groups = [(version, mask, table) for (version, mask), table in groups.items()]
+
+    def lookup(self, address: IPAddress) -> int:
+        bits = self.any
+        number, version = int(address), address.version
+        for group_version, mask, table in self.groups:
+            if group_version == version:
+                bits |= table.get(number & mask, 0)
+        return bits
+
+
+class _NameIndex:
+    """Name patterns: exact names and zones, looked up by each suffix of the requested name."""
+
+    def __init__(self, entries: Iterable[tuple[NamePattern, int]]) -> None:
+        self.exact: dict[str, int] = {}
+        self.zones: dict[str, int] = {}
+        for pattern, bit in entries:
+            table = self.zones if pattern.zone else self.exact
+            table[pattern.name] = table.get(pattern.name, 0) | bit
+
+    def lookup(self, name: str) -> int:
+        bits = self.exact.get(name, 0)
+        if self.zones:
+            labels = name.split(".")
+            for i in range(len(labels)):
+                bits |= self.zones.get(".".join(labels[i:]), 0)
+        return bits
+
+
+class _PortIndex:
+    """Port tests: eq/neq by dict, lt/le/gt/ge by sorted thresholds with cumulative unions."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.none = _union(1 << r.index for r in rules if r.port is None)
+        by_op: dict[str, dict[int, int]] = {op: {} for op in OPERATORS}
+        for rule in rules:
+            if rule.port is not None:
+                table = by_op[rule.port.op]
+                table[rule.port.port] = table.get(rule.port.port, 0) | 1 << rule.index
+        self.eq = by_op["eq"]
+        self.neq = by_op["neq"]
+        self.neq_all = _union(self.neq.values())
+        # lt v / le v pass for ports below v (resp. up to v): unions over thresholds from the top.
+        self.upper = {op: _Thresholds(by_op[op], from_top=True) for op in ("lt", "le")}
+        self.lower = {op: _Thresholds(by_op[op], from_top=False) for op in ("gt", "ge")}
+
+    def lookup(self, port: int) -> int:
+        return (self.none | self.eq.get(port, 0) | (self.neq_all & ~self.neq.get(port, 0))
+                | self.upper["lt"].union_above(port) | self.upper["le"].union_above(port - 1)
+                | self.lower["gt"].union_below(port) | self.lower["ge"].union_below(port + 1))
+
+
+class _Thresholds:
+    """Sorted port values with the union of rule bits from each end."""
+
+    def __init__(self, table: dict[int, int], *, from_top: bool) -> None:
+        self.values = sorted(table)
+        unions, total = [], 0
+        order = reversed(self.values) if from_top else self.values
+        for value in order:
+            total |= table[value]
+            unions.append(total)
+        self.unions = unions[::-1] if from_top else unions
+
+    def union_above(self, port: int) -> int:
+        """Rules whose value is greater than ``port``."""
+        i = bisect.bisect_right(self.values, port)
+        return self.unions[i] if i < len(self.values) else 0
+
+    def union_below(self, port: int) -> int:
+        """Rules whose value is less than ``port``."""
+        i = bisect.bisect_left(self.values, port)
+        return self.unions[i - 1] if i > 0 else 0
+
+
+__all__ = [
+    "ACTIONS", "AddressMatch", "Command", "ConfigError", "DEFAULT_RULES", "Decision",
+    "FieldError", "IdentPolicy", "MAX_LINE", "NamePattern", "OPERATORS", "PortTest", "Query",
+    "Rule", "Ruleset", "SpecialLine", "check", "check_text", "default_resolver",
+    "default_ruleset", "load", "normalize_hostname", "parse_address_field", "parse_port",
+    "parse_text", "parse_user_file", "resolve_address", "split_line", "unmapped",
+]

@@ -1,0 +1,89 @@
+"""The scoreboard, log escaping, the password file and listen addresses."""
+
+import os
+
+import pytest
+
+from sockd import listeners, passwords
+from sockd.log import escape
+from sockd.scoreboard import Scoreboard, State
+
+
+def test_scoreboard_slot_life():
+    board = Scoreboard(4)
+    assert board.free_slot() == 0
+    board.claim(0, 0, 3)
+    board.set_pid(0, 1234)
+    assert board.free_slot() == 1
+    board.set_state(0, State.IDLE)
+    board.begin_session(0, 7, 100.0, "127.0.0.1")
+    board.set_request(0, "alice", "connect 127.0.0.1:80 (http)")
+    slot = board.read(0)
+    assert (slot.pid, slot.generation, slot.state, slot.sessions) == (1234, 3, State.RELAYING, 7)
+    assert (slot.client, slot.user, slot.destination) == \
+        ("127.0.0.1", "alice", "connect 127.0.0.1:80 (http)")
+    board.end_session(0, 101.0, 10, 20)
+    slot = board.read(0)
+    assert (slot.state, slot.bytes_up, slot.bytes_down, slot.heartbeat) == \
+        (State.IDLE, 10, 20, 101.0)
+    board.release(0)
+    assert board.read(0).state == State.DEAD and board.free_slot() == 0
+
+
+def test_scoreboard_is_shared_across_fork():
+    board = Scoreboard(2)
+    board.claim(1, 0, 1)
+    pid = os.fork()
+    if pid == 0:
+        board.set_state(1, State.IDLE)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert board.read(1).state == State.IDLE
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("alice", "alice"),
+    ("x;touch /tmp/pwned", "x;touch\\x20/tmp/pwned"),
+    ("a\nb\rc\x00", "a\\x0ab\\x0dc\\x00"),
+    ("back\\slash", "back\\x5cslash"),
+    ("\u00e9t\u00e9", "\\xe9t\\xe9"),
+])
+def test_escape_keeps_client_text_on_one_printable_line(raw, shown):
+    assert escape(raw) == shown
+
+
+def test_escape_bounds_length():
+    assert len(escape("a" * 1000)) == 255
+
+
+def test_password_file():
+    assert passwords.parse("# users\nalice:secret\n\nbob:pa:ss\n", "pw") == \
+        {"alice": "secret", "bob": "pa:ss"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("alice\n", "pw:1: expected user:password"),
+    ("alice:x\nalice:y\n", "pw:2: user 'alice' appears twice"),
+    (":x\n", "pw:1: expected user:password"),
+])
+def test_bad_password_file(text, message):
+    with pytest.raises(passwords.PasswordError) as info:
+        passwords.parse(text, "pw")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("127.0.0.1:1080", ("127.0.0.1", 1080)),
+    ("[::1]:1081", ("::1", 1081)),
+    ("127.0.0.1", ("127.0.0.1", listeners.socks_port())),
+    (":1082", ("0.0.0.0", 1082)),
+    ("[::]:socks", ("::", 1080)),
+])
+def test_listen_addresses(text, parsed):
+    assert listeners.parse_address(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["[::1:1080", "127.0.0.1:99999", "127.0.0.1:nosuchservice"])
+def test_bad_listen_addresses(text):
+    with pytest.raises(ValueError):
+        listeners.parse_address(text)
