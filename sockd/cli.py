@@ -8,10 +8,11 @@ be bound or the workers cannot start.
 import argparse
 import logging
 import os
+import pwd
 import socket
 import sys
 
-from sockd import __version__, listeners, rules
+from sockd import __version__, listeners, route, rules
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd.master import Master, load_rules
@@ -114,13 +115,12 @@ def check(settings: Settings) -> int:
     """-t: every error of every file, FILE:LINE: message each; 0 or 1."""
     errors: list[str] = []
     if settings.config_given or os.path.exists(settings.config):
-        try:
-            errors += [str(e) for e in rules.check(settings.config)]
-        except OSError as exc:
-            errors.append(f"{settings.config}: {exc.strerror}")
+        errors += [str(e) for e in rules.check(settings.config)]
     else:
         print(f"sockd: no {settings.config}: the embedded default would be in force "
               "(clients from 127.0.0.0/8 and ::1 only)")
+    if settings.route:
+        errors += [str(e) for e in route.check_routes(settings.route)]
     if settings.passwd:
         try:
             passwd_file.load(settings.passwd)
@@ -165,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         return _config_error(f"{exc.filename}: {exc.strerror}")
     if settings.inetd or listeners.stdin_is_connection():
         return serve_inetd(settings, ruleset, passwords)
+    if settings.user is not None:
+        try:
+            pwd.getpwnam(settings.user)
+        except KeyError:
+            # Said before detaching: the workers could never start.
+            print(f"sockd: no such user: {settings.user}", file=sys.stderr)
+            log.error("error -- no such user: %s", settings.user)
+            return EXIT_LISTEN
     return serve_standalone(settings, ruleset, passwords)
 
 
@@ -202,8 +210,13 @@ def serve_standalone(settings: Settings, ruleset, passwords) -> int:
     if not settings.foreground:
         _detach(socks)
     if settings.pidfile:
-        with open(settings.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        try:
+            with open(settings.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.error("error -- cannot write the pid file %s: %s", settings.pidfile,
+                      exc.strerror)
+            return EXIT_CONFIG
     log.info("started -- sockd %s, pid %d, listening on %s", __version__, os.getpid(),
              ", ".join(listeners.describe(s) for s in socks))
     try:

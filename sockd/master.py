@@ -34,7 +34,7 @@ import socket
 import time
 
 from sockd import passwords as passwd_file
-from sockd import pool, proctitle, rules
+from sockd import pool, proctitle, route, rules
 from sockd.scoreboard import Scoreboard, State
 from sockd.settings import Settings
 from sockd.worker import EXIT_BOOT_ERROR, Worker
@@ -51,8 +51,11 @@ _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal
 def load_rules(settings: Settings) -> rules.Ruleset:
     """The rules in force for *settings*: the file, or the embedded default.
 
+    The route file, when there is one, is checked too (it is not used yet).
     Raises rules.ConfigError.
     """
+    if settings.route:
+        route.load_routes(settings.route)
     if settings.config_given or os.path.exists(settings.config):
         return rules.load(settings.config)
     return rules.default_ruleset()
@@ -131,6 +134,9 @@ class Master:
         """Nothing: the loop reaps after every wake-up."""
 
     def handle_hup(self) -> None:
+        if self.stop_deadline is not None:
+            log.info("reload ignored -- the server is stopping")
+            return
         try:
             new_rules = load_rules(self.settings)
             new_passwords = passwd_file.load(self.settings.passwd) \
@@ -157,7 +163,7 @@ class Master:
             self.signal_workers(signal.SIGTERM)
 
     def handle_int(self) -> None:
-        log.info("stopping now -- on SIGINT")
+        log.info("stopping now -- letting no session finish")
         self.close_listeners()
         self.signal_workers(signal.SIGKILL)
         self.wait_for_workers()

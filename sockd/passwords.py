@@ -26,5 +26,6 @@ def parse(text: str, file: str) -> dict[str, str]:
 
 def load(path: str) -> dict[str, str]:
     """Read *path*; raises PasswordError or OSError."""
-    with open(path, encoding="utf-8") as f:
+    # latin-1, as on the wire (RFC 1929 fields are bytes): every byte compares as itself
+    with open(path, encoding="latin-1") as f:
         return parse(f.read(), path)

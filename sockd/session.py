@@ -12,10 +12,8 @@ import errno
 import functools
 import ipaddress
 import logging
-import os
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,13 +48,7 @@ class ResolveError(Exception):
     """A requested host name did not resolve."""
 
 
-@functools.lru_cache(maxsize=512)
-def service_name(port: int) -> str:
-    """The /etc/services name of a TCP port, else the number itself."""
-    try:
-        return socket.getservbyport(port, "tcp")
-    except (OSError, OverflowError):
-        return str(port)
+service_name = functools.lru_cache(maxsize=512)(hooks.service_name)
 
 
 def resolve(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -66,22 +58,6 @@ def resolve(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     except (socket.gaierror, UnicodeError) as exc:
         raise ResolveError(getattr(exc, "strerror", None) or str(exc)) from None
     return ipaddress.ip_address(infos[0][4][0].partition("%")[0])
-
-
-def reverse_name(address: str, timeout: float = 2.0) -> str:
-    """The reverse-DNS name of *address*, or the address itself; waits at most *timeout*."""
-    found = [address]
-
-    def look_up() -> None:
-        try:
-            found[0] = socket.gethostbyaddr(address)[0]
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=look_up, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return found[0]
 
 
 def format_host(host: protocol.Host, port: int) -> str:
@@ -335,7 +311,7 @@ class Session:
             method = Method.NO_ACCEPTABLE
         self._send(self.handshake.choose_method(method))
         if method is Method.NO_ACCEPTABLE:
-            log.info("refused -- no acceptable authentication method from host %s", self.client)
+            log.info("error -- no acceptable authentication method from host %s", self.client)
             raise SessionEnd
 
     def _authenticate(self, credentials: protocol.UsernamePassword) -> None:
@@ -344,7 +320,7 @@ class Session:
         self._send(self.handshake.auth_result(ok))
         self.user = credentials.username
         if not ok:
-            log.info("refused -- bad password for user %s from host %s",
+            log.info("error -- authentication failed for user %s from host %s",
                      escape(credentials.username), self.client)
             raise SessionEnd
         self.authenticated = True
@@ -364,19 +340,8 @@ class Session:
             self._start_hook(line.shell_command, line.where)
 
     def _start_hook(self, template: str, where: str) -> None:
-        tokens = self._hook_tokens(hooks.needs(template))
-        self.hook_runner.start(hooks.expand(template, tokens), where)
-
-    def _hook_tokens(self, wanted: set[str]) -> dict[str, str]:
-        """The % tokens of a shell hook; host names are looked up only when used."""
         request = self.request
-        dest_ip = str(self.target or request.host)
-        tokens = {"a": self.client, "c": COMMAND_WORDS[request.command], "p": str(os.getpid()),
-                  "S": service_name(request.port), "s": str(request.port),
-                  "U": self.ident_user, "u": self.user, "z": dest_ip}
-        if "A" in wanted:
-            tokens["A"] = reverse_name(self.client)
-        if "Z" in wanted:
-            tokens["Z"] = (request.host if isinstance(request.host, str)
-                           else reverse_name(dest_ip))
-        return tokens
+        tokens = hooks.token_values(template, client=self.client_addr, user=self.user,
+                                    ident_user=None, command=COMMAND_WORDS[request.command],
+                                    dst=request.host, port=request.port, resolved=self.target)
+        self.hook_runner.start(hooks.expand(template, tokens), where)

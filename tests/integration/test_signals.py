@@ -18,11 +18,16 @@ def open_session(proxy_port: int, dest_port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", proxy_port), timeout=15)
     s.sendall(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
               + struct.pack(">H", dest_port))
-    reply = b""
-    while len(reply) < 12:
-        reply += s.recv(12 - len(reply))
+    reply = recv_exact(s, 12)
     assert reply[:4] == b"\x05\x00\x05\x00", reply
     return s
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n and (chunk := s.recv(n - len(data))):
+        data += chunk
+    return data
 
 
 def echo_round_trip(s: socket.socket, data: bytes = b"ping") -> None:
@@ -86,7 +91,7 @@ def test_hup_reloads_while_clients_connect(sockd, echo_server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
                   + struct.pack(">H", echo_server))
-        assert s.recv(12)[2:4] == b"\x05\x02"
+        assert recv_exact(s, 12)[2:4] == b"\x05\x02"
     server.wait_log(r"refused -- Connect .*rule=.*:2")
     assert all(isinstance(e, (AssertionError, OSError)) for e in errors)
 
