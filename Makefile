@@ -47,6 +47,7 @@ lint: venv
 bench: venv
 	scripts/install-deps bench
 	$(NETNS) $(PY) scripts/bench.py
+	$(PY) scripts/bench_rules.py
 
 install: install.server install.clients install.man
 

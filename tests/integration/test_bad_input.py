@@ -6,6 +6,7 @@ import struct
 import time
 
 import pytest
+
 from test_signals import open_session
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import LOOPBACK_RULES, ROOT, free_port
 
 pytestmark = pytest.mark.integration

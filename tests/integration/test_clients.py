@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 import socks  # PySocks
+
 from conftest import require
 
 pytestmark = pytest.mark.integration

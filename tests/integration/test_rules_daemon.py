@@ -5,6 +5,7 @@ import socket
 import struct
 
 import pytest
+
 from conftest import wait_until
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from conftest import LOOPBACK_RULES, wait_until
 
 pytestmark = pytest.mark.integration
