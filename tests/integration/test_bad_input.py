@@ -66,7 +66,7 @@ CASES = [
      b"\x05\x00" + b"\x05\x07\x00\x01" + bytes(6), r"error -- "),
     ("unknown address type", b"\x05\x01\x00\x05\x01\x00\x08\x7f\x00\x00\x01\x00\x50",
      b"\x05\x00" + b"\x05\x08\x00\x01" + bytes(6), r"error -- "),
-    ("no acceptable method", b"\x05\x01\x02", b"\x05\xff", r"refused -- no acceptable"),
+    ("no acceptable method", b"\x05\x01\x02", b"\x05\xff", r"error -- no acceptable"),
 ]
 
 
