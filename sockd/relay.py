@@ -34,19 +34,50 @@ class Stats:
     reason: str = "eof"          # "eof", "idle", "reset", "stopped"
 
 
+class _Pipe:
+    """A kernel pipe for splice(2), kept by the process from one relay to the next."""
+
+    __slots__ = ("read_fd", "room", "write_fd")
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.room = fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            self.room = 1 << 16  # fs.pipe-max-size is lower here; the default size works
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+# Pipes left empty by a finished relay, ready for the next one: a worker relays
+# one session at a time, so two pipes serve it for its whole life.
+_spare_pipes: list[_Pipe] = []
+
+
+def _take_pipe() -> _Pipe:
+    return _spare_pipes.pop() if _spare_pipes else _Pipe()
+
+
+def _give_back(pipe: _Pipe, empty: bool) -> None:
+    if empty and len(_spare_pipes) < 2:
+        _spare_pipes.append(pipe)
+    else:
+        pipe.close()  # bytes a reset left behind must not leak into the next session
+
+
 class _Direction:
     """One way of the relay: bytes read from *src*, parked in a pipe, written to *dst*."""
 
-    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "room", "held", "count", "eof", "shut",
-                 "full")
+    __slots__ = ("count", "dst", "eof", "full", "held", "pipe", "pipe_r", "pipe_w", "room",
+                 "shut", "src")
 
     def __init__(self, src: socket.socket, dst: socket.socket) -> None:
         self.src, self.dst = src.fileno(), dst.fileno()
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            self.room = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self.room = 1 << 16  # fs.pipe-max-size is lower here; the default size works
+        self.pipe = _take_pipe()
+        self.pipe_r, self.pipe_w, self.room = (self.pipe.read_fd, self.pipe.write_fd,
+                                               self.pipe.room)
         self.held = 0
         self.full = False
         self.count = 0
@@ -81,8 +112,7 @@ class _Direction:
         return self.shut
 
     def close(self) -> None:
-        os.close(self.pipe_r)
-        os.close(self.pipe_w)
+        _give_back(self.pipe, self.held == 0)
 
 
 def _shutdown_write(sock: socket.socket) -> None:

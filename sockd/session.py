@@ -110,6 +110,7 @@ class Session:
         self.authenticated = False
         self.decision: Decision | None = None
         self.target: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.unsent = b""   # handshake replies held back to go out with the next ones
 
     # -- the steps, in order ------------------------------------------------
 
@@ -280,6 +281,8 @@ class Session:
             self.handshake.feed(self._recv(deadline))
 
     def _recv(self, deadline: float) -> bytes:
+        if self.unsent:
+            self._send(b"")  # the client waits for these before it says more
         remaining = deadline - time.monotonic()
         if remaining > 0 and select.select([self.sock], [], [], remaining)[0]:
             try:
@@ -295,7 +298,13 @@ class Session:
                  self.settings.negotiate_timeout)
         raise SessionEnd
 
+    def _hold(self, data: bytes) -> None:
+        """Send *data* with the next reply: a client that pipelined its request then
+        gets the method choice and the request's reply in one segment."""
+        self.unsent += data
+
     def _send(self, data: bytes) -> None:
+        data, self.unsent = self.unsent + data, b""
         try:
             self.sock.sendall(data)
         except OSError as exc:
@@ -309,17 +318,19 @@ class Session:
             method = Method.NO_AUTH
         else:
             method = Method.NO_ACCEPTABLE
-        self._send(self.handshake.choose_method(method))
+        self._hold(self.handshake.choose_method(method))
         if method is Method.NO_ACCEPTABLE:
+            self._send(b"")
             log.info("error -- no acceptable authentication method from host %s", self.client)
             raise SessionEnd
 
     def _authenticate(self, credentials: protocol.UsernamePassword) -> None:
         expected = (self.passwords or {}).get(credentials.username)
         ok = expected is not None and expected == credentials.password
-        self._send(self.handshake.auth_result(ok))
+        self._hold(self.handshake.auth_result(ok))
         self.user = credentials.username
         if not ok:
+            self._send(b"")
             log.info("error -- authentication failed for user %s from host %s",
                      escape(credentials.username), self.client)
             raise SessionEnd

@@ -146,7 +146,6 @@ class Worker(Status):
     def serve(self, conn: socket.socket) -> None:
         """One session, with the scoreboard and title kept true around it."""
         self.served += 1
-        conn.setblocking(True)
         try:
             session = Session(conn, self.settings, self.rules, self.hook_runner, self,
                               self.passwords)
