@@ -88,6 +88,7 @@ class Master:
         """Run until stopped; returns the exit status."""
         self.init_signals()
         self.log_rules_in_force()
+        self.show_title()  # setproctitle's one-time set-up happens here, not in every worker
         gc.collect()
         gc.freeze()  # what the master built stays shared with the workers, page for page
         self.spawn_workers(self.settings.min_spare)

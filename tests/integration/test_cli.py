@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import LOOPBACK_RULES, ROOT, free_port
+from conftest import LOOPBACK_RULES, ROOT, free_port, require
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +136,19 @@ def test_workers_run_as_the_user_given(sockd, echo_server):
         assert uid_line.split()[1:] == [str(65534)] * 4
     master = open(f"/proc/{server.pid}/status").read()
     assert "Uid:\t0\t" in master
+
+
+def test_a_worker_that_cannot_boot_halts_the_master(tmp_path):
+    # Without CAP_SETUID even root cannot become --user: every worker fails at
+    # boot, and the master must stop with status 3 instead of forking forever.
+    conf = tmp_path / "c.conf"
+    conf.write_text(LOOPBACK_RULES)
+    setpriv = require("setpriv")
+    out = subprocess.run([setpriv, "--bounding-set", "-setuid,-setgid", sys.executable, "-m",
+                          "sockd", "-f", "--log", "stderr", "-c", str(conf),
+                          "-l", f"127.0.0.1:{free_port()}", "--user", "nobody"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3
+    assert "error -- worker cannot start: [Errno 1] Operation not permitted" in out.stderr
+    assert "could not start; stopping the server" in out.stderr
+    assert out.stderr.count("worker cannot start") <= 16
