@@ -19,6 +19,7 @@ from dataclasses import dataclass
 PIPE_SIZE = 1 << 20          # bytes a direction may hold in flight
 CHUNK = 1 << 20              # most bytes asked of one splice(2)
 TICK = 1.0                   # seconds between calls of on_tick
+PUMP_ROUNDS = 8              # reads in a row for one direction before looking around
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _RESET = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
@@ -84,19 +85,36 @@ class _Direction:
         self.eof = False
         self.shut = False
 
-    def fill(self) -> None:
-        """Read what the source has into the pipe; notice its end of file."""
+    def fill(self) -> int:
+        """Read what the source has into the pipe; notice its end of file.
+
+        Returns the bytes read, 0 at end of file, -1 when nothing could be read.
+        """
         try:
             n = os.splice(self.src, self.pipe_w, CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             # The pipe can run out of buffer slots before it runs out of bytes
             # (one slot per received segment): wait for a drain, do not spin.
             self.full = self.held > 0
-            return
+            return -1
         if n == 0:
             self.eof = True
         self.held += n
         self.count += n
+        return n
+
+    def pump(self) -> None:
+        """Read and write again while the source has more and the destination takes it all.
+
+        A busy stream then costs one select() per several megabytes, not per
+        read; the rounds are bounded so that the other direction gets its turn.
+        """
+        for _ in range(PUMP_ROUNDS):
+            got = self.fill()
+            if self.held:
+                self.drain()
+            if got <= 0 or self.held:
+                return
 
     def drain(self) -> None:
         """Write what the pipe holds to the destination, as far as it takes it."""
@@ -172,9 +190,7 @@ def _run(up: _Direction, down: _Direction, idle_timeout: float,
                 if d.dst in writable:
                     d.drain()
                 if d.src in readable:
-                    d.fill()
-                    if d.held:
-                        d.drain()  # most of the time the other side takes it at once
+                    d.pump()
                 if d.eof and not d.held and not d.shut:
                     d.shut = True
                     _shutdown_write(sockets[d.dst])
