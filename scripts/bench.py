@@ -1092,7 +1092,7 @@ def worker_memory(root: int) -> tuple[float, float, int]:
 # The table
 # ---------------------------------------------------------------------------
 
-# key, label, format, higher is better
+# key, label, format of the value
 ROWS = [
     ("seq", "sequential handshakes/s", "{:.0f}"),
     ("seq_p50", "sequential handshake p50 (ms)", "{:.3f}"),
