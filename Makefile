@@ -4,10 +4,10 @@ PYTHON    ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PREFIX    ?= /usr/local
-SBINDIR   ?= $(PREFIX)/sbin
 BINDIR    ?= $(PREFIX)/bin
-MANDIR    ?= $(PREFIX)/share/man
-SYSCONFDIR ?= /etc
+LIBDIR    ?= $(PREFIX)/lib
+DATADIR   ?= $(PREFIX)/share
+MANDIR    ?= $(DATADIR)/man
 
 # Run the tests and the benchmark where only loopback exists: no mistake of a
 # test (or of the proxy) can send a packet off this machine.
@@ -49,15 +49,24 @@ bench: venv
 	$(NETNS) $(PY) scripts/bench.py
 	$(PY) scripts/bench_rules.py
 
-install: install.server install.clients install.man
+install: install.server install.clients
 
-install.server:
-	$(PYTHON) -m pip install --no-deps --prefix $(PREFIX) .
-	install -d $(DESTDIR)$(SYSCONFDIR)
-	install -m 644 init/sockd.service init/sockd.socket $(DESTDIR)/lib/systemd/system/ 2>/dev/null || true
+# The programs live in their own virtual environment under $(LIBDIR)/sockd (Debian's
+# Python is externally managed); $(BINDIR) gets links to them.
+$(DESTDIR)$(LIBDIR)/sockd/bin/python:
+	scripts/install-deps runtime
+	$(PYTHON) -m venv $(DESTDIR)$(LIBDIR)/sockd
 
-install.clients:
-	$(PYTHON) -m pip install --no-deps --prefix $(PREFIX) .
+install.server: $(DESTDIR)$(LIBDIR)/sockd/bin/python install.man
+	$(DESTDIR)$(LIBDIR)/sockd/bin/python -m pip install -q .
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/sockd/init
+	ln -sf $(LIBDIR)/sockd/bin/sockd $(DESTDIR)$(BINDIR)/sockd
+	ln -sf $(LIBDIR)/sockd/bin/test_sockd_conf $(DESTDIR)$(BINDIR)/test_sockd_conf
+	install -m 644 init/* $(DESTDIR)$(DATADIR)/sockd/init/
+	@echo "sockd installed in $(BINDIR); start-up files in $(DATADIR)/sockd/init"
+
+install.clients: $(DESTDIR)$(LIBDIR)/sockd/bin/python
+	$(DESTDIR)$(LIBDIR)/sockd/bin/python -m pip install -q .
 
 install.man:
 	install -d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8

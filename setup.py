@@ -21,8 +21,4 @@ setup(
             "test_sockd_conf = sockd.testconf:main",
         ],
     },
-    data_files=[
-        ("share/man/man5", ["man/sockd.conf.5"]),
-        ("share/man/man8", ["man/sockd.8", "man/test_sockd_conf.8"]),
-    ],
 )
