@@ -269,7 +269,11 @@ class Session:
             return
 
     def story(self) -> str:
-        """The part every session log line shares (sockd(8), LOG LINES)."""
+        """The part every session log line shares (sockd(8), LOG LINES).
+
+        Built once the decision is known: nothing in it changes after that (an
+        ident answer, when there is an ident client, must reset self._story).
+        """
         if self._story is not None and self.decision is not None:
             return self._story
         request = self.request
