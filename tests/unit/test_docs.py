@@ -157,11 +157,13 @@ def title_formats() -> list[tuple[str, str]]:
 
 
 def installed_sockd() -> str:
-    """Where `make install.server` puts sockd: pip's --prefix, then bin/."""
+    """Where `make install.server` puts sockd: a link in $(BINDIR), $(PREFIX)/bin."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     prefix = re.search(r"^PREFIX\s*\?=\s*(\S+)", makefile, re.M).group(1)
+    assert re.search(r"^BINDIR\s*\?=\s*\$\(PREFIX\)/bin$", makefile, re.M), \
+        "BINDIR is no longer $(PREFIX)/bin"
     recipe = makefile.split("\ninstall.server:", 1)[1].split("\n\n", 1)[0]
-    assert "--prefix $(PREFIX)" in recipe, "install.server no longer installs with pip --prefix"
+    assert "$(DESTDIR)$(BINDIR)/sockd" in recipe, "install.server no longer links $(BINDIR)/sockd"
     return f"{prefix}/bin/sockd"
 
 
