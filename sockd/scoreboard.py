@@ -18,7 +18,6 @@ class State(enum.IntEnum):
     IDLE = 2
     NEGOTIATING = 3
     RELAYING = 4
-    CLOSING = 5
 
 
 # pid, generation, state, sessions, started, heartbeat, bytes up, bytes down,
