@@ -114,7 +114,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
 def check(settings: Settings) -> int:
     """-t: every error of every file, FILE:LINE: message each; 0 or 1."""
     errors: list[str] = []
-    if settings.config_given or os.path.exists(settings.config):
+    if settings.uses_config_file:
         errors += [str(e) for e in rules.check(settings.config)]
     else:
         print(f"sockd: no {settings.config}: the embedded default would be in force "

@@ -56,7 +56,7 @@ def load_rules(settings: Settings) -> rules.Ruleset:
     """
     if settings.route:
         route.load_routes(settings.route)
-    if settings.config_given or os.path.exists(settings.config):
+    if settings.uses_config_file:
         return rules.load(settings.config)
     return rules.default_ruleset()
 
@@ -296,7 +296,7 @@ class Master:
     # -- what the administrator sees -------------------------------------------------
 
     def log_rules_in_force(self) -> None:
-        if self.rules.file == "default":
+        if self.rules.embedded:
             log.info("rules -- no %s: the embedded default is in force "
                      "(clients from 127.0.0.0/8 and ::1 only)", self.settings.config)
         else:

@@ -25,6 +25,7 @@ from sockd.rules import (
     Resolver,
     default_resolver,
     parse_address_field,
+    read_config,
     resolve_address,
     unmapped,
 )
@@ -89,12 +90,8 @@ def parse_routes(text: str, file: str = "<string>", *,
 
 
 def _load(path: str, resolver: Resolver) -> tuple[RouteTable | None, list[ConfigError]]:
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
-    except OSError as e:
-        return None, [ConfigError(path, None, f"cannot read: {e.strerror or e}")]
-    return _parse(text, path, resolver)
+    text, errors = read_config(path)
+    return (None, errors) if text is None else _parse(text, path, resolver)
 
 
 def _parse(text: str, file: str, resolver: Resolver) -> tuple[RouteTable | None,

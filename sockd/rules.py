@@ -322,13 +322,19 @@ def _no_resolver(name: str) -> IPAddress:
     raise LookupError(name)
 
 
-def _load(path: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:
+def read_config(path: str) -> tuple[str | None, list[ConfigError]]:
+    """The text of a configuration file, or the error that says why it cannot be read."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         return None, [ConfigError(path, None, f"cannot read: {e.strerror or e}")]
-    return _parse(data.decode("utf-8", "surrogateescape"), path, resolver)
+    return data.decode("utf-8", "surrogateescape"), []
+
+
+def _load(path: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:
+    text, errors = read_config(path)
+    return (None, errors) if text is None else _parse(text, path, resolver)
 
 
 def _parse(text: str, file: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:

@@ -369,17 +369,14 @@ class Session:
         raise SessionEnd
 
     def _run_rule_hook(self) -> None:
-        rule = self.decision.rule
-        if rule is not None and rule.shell_command:
-            self._start_hook(rule.shell_command, rule.where)
+        self._run_hook(self.decision.rule)
 
     def _run_hook(self, line) -> None:
-        if line is not None and line.shell_command:
-            self._start_hook(line.shell_command, line.where)
-
-    def _start_hook(self, template: str, where: str) -> None:
-        request = self.request
+        """Start the shell command of a rule or special line, if it has one."""
+        if line is None or not line.shell_command:
+            return
+        template, request = line.shell_command, self.request
         tokens = hooks.token_values(template, client=self.client_addr, user=self.user,
                                     ident_user=None, command=COMMAND_WORDS[request.command],
                                     dst=request.host, port=request.port, resolved=self.target)
-        self.hook_runner.start(hooks.expand(template, tokens), where)
+        self.hook_runner.start(hooks.expand(template, tokens), line.where)

@@ -4,6 +4,7 @@ A plain frozen value: the master, the workers and the sessions read it and
 nothing writes it after start-up.
 """
 
+import os
 from dataclasses import dataclass
 
 DEFAULT_CONFIG = "/etc/sockd.conf"
@@ -35,3 +36,8 @@ class Settings:
     ident_timeout: float = 15.0
     grace: float = 30.0
     debug: bool = False
+
+    @property
+    def uses_config_file(self) -> bool:
+        """True when the rules come from a file: -c given, or /etc/sockd.conf present."""
+        return self.config_given or os.path.exists(self.config)
