@@ -1,17 +1,29 @@
-"""One client connection, end to end: negotiate, judge, connect, reply, relay, log.
+"""One client connection, end to end: negotiate, check, judge, connect, reply, relay, log.
 
-Owns the order of those steps and the session's two log lines (one when the
-request is judged, one when the session ends; formats in sockd(8)).  It never
-raises for anything a client or a destination does: every such fault ends in
-the protocol's error reply or a clean close, and one log line.  The wire
-format belongs to sockd.protocol, the judgement to sockd.rules, the byte
-moving to sockd.relay; the worker owns the process around it.
+Owns the order of those steps and the session's log lines (one when the
+request is judged, one when the session ends; formats in sockd(8)), which
+carry the audit record: the client's address and port, the session id that
+ties a session's lines together, the destination as asked and, once known,
+the address it resolved to and the outbound local address.  It never raises
+for anything a client or a destination does: every such fault ends in the
+protocol's error reply or a clean close, and one log line.
+
+The judging path: the destination a client names is checked first
+(sockd.destination: a valid host name, not "this host", not one of our own
+listeners), and whatever the rules judge is exactly what is used: a numeric
+name is judged as the address the C library reads it as, and a real name is
+resolved from the very string the rules judged (sockd.resolver), under the
+same deadline as the connect.  The wire format belongs to sockd.protocol, the
+judgement to sockd.rules, the byte moving to sockd.relay; the worker owns the
+process around it.
 """
 
 import errno
 import functools
 import ipaddress
+import itertools
 import logging
+import os
 import select
 import socket
 import struct
@@ -19,10 +31,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockd import hooks, protocol, relay
+from sockd import destination, hooks, listeners, protocol, relay, resolver
 from sockd.log import escape
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
-from sockd.rules import Decision, IdentPolicy, Query, Ruleset
+from sockd.resolver import ResolveError, ResolveTimeout
+from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
 from sockd.settings import Settings
 
 log = logging.getLogger("sockd")
@@ -54,20 +67,11 @@ class SessionEnd(Exception):
     """Ends a session early; the line to log has been logged already."""
 
 
-class ResolveError(Exception):
-    """A requested host name did not resolve."""
-
-
 service_name = functools.lru_cache(maxsize=512)(hooks.service_name)
 
-
-def resolve(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The first address of *name* (the one sockd connects to)."""
-    try:
-        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ResolveError(getattr(exc, "strerror", None) or str(exc)) from None
-    return ipaddress.ip_address(infos[0][4][0].partition("%")[0])
+# Sessions begun by this process: with the pid, the id that ties a session's
+# log lines together (a worker's count starts at 1 after fork).
+_session_numbers = itertools.count(1)
 
 
 def format_host(host: protocol.Host, port: int) -> str:
@@ -75,6 +79,14 @@ def format_host(host: protocol.Host, port: int) -> str:
     if isinstance(host, ipaddress.IPv6Address):
         return f"[{host}]:{port}"
     return f"{escape(str(host))}:{port}"
+
+
+@functools.lru_cache(maxsize=8)
+def configured_listeners(listen: tuple[str, ...]) -> destination.OwnListeners:
+    """The listeners of --listen, or the default one (every address, the socks port)."""
+    if not listen:
+        return destination.OwnListeners(any_address_ports=frozenset({listeners.socks_port()}))
+    return destination.OwnListeners.of(listeners.parse_address(text) for text in listen)
 
 
 class Status:
@@ -105,13 +117,14 @@ class Session:
     hook_runner: hooks.HookRunner
     status: Status
     passwords: dict[str, str] | None = None
-    resolver: Callable[[str], object] = resolve
+    lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
 
     def __post_init__(self) -> None:
-        self.client_addr = ipaddress.ip_address(self.sock.getpeername()[0].partition("%")[0])
-        if isinstance(self.client_addr, ipaddress.IPv6Address) and self.client_addr.ipv4_mapped:
-            self.client_addr = self.client_addr.ipv4_mapped
+        peer = self.sock.getpeername()
+        self.client_addr = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
         self.client = str(self.client_addr)
+        self.peer = format_host(self.client_addr, peer[1])
+        self.id = f"{os.getpid()}.{next(_session_numbers)}"
         self.started = time.monotonic()
         self.handshake = protocol.ServerHandshake()
         self.request: Request | None = None
@@ -120,6 +133,8 @@ class Session:
         self.authenticated = False
         self.decision: Decision | None = None
         self.target: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self.outbound = ""  # the outbound socket's local address:port, once connected
+        self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
 
@@ -129,6 +144,7 @@ class Session:
         self.status.negotiating(self.client)
         try:
             self.negotiate()
+            self.check_destination()
             self.judge()
             self.check_ident()
             if self.request.command != Command.CONNECT:
@@ -158,16 +174,36 @@ class Session:
                 self.request = event
         self.user = self.request.userid if self.request.version == 4 else self.user
 
+    def check_destination(self) -> None:
+        """What no rule may allow: an invalid name, "this host", our own listeners.
+
+        A numeric name (``127.1``) becomes the address the resolver would read
+        it as, and is judged as that address.
+        """
+        host = self.request.host
+        if isinstance(host, str):
+            try:
+                destination.host_name(host)
+            except destination.InvalidName as exc:
+                self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
+                log.info("error -- invalid host name '%s' (%s) from host %s session=%s",
+                         escape(host), exc, self.peer, self.id)
+                raise SessionEnd from None
+            self.target = resolver.numeric(host)
+        else:
+            self.target = unmapped(host)
+        self.connect_deadline = time.monotonic() + self.settings.connect_timeout
+        if self.target is not None:
+            self._check_target(self.target)
+
     def judge(self) -> None:
         """Apply the rules; a refusal gets its reply and its log line."""
         request = self.request
         query = Query(command=COMMAND_WORDS[request.command], src=self.client_addr,
                       user=self.user, authenticated=self.authenticated,
-                      dst=request.host, port=request.port)
-        try:
-            self.decision = self.rules.evaluate(query, self._resolve)
-        except ResolveError as exc:
-            self._fail(Socks5Reply.HOST_UNREACHABLE, f"Error code: getaddrinfo() {exc}")
+                      dst=self.target or request.host, port=request.port)
+        self.decision = self.rules.evaluate(query, self._resolve)
+        self._story = None   # the rule is known now
         if not self.decision.allowed:
             self._run_rule_hook()
             self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
@@ -201,26 +237,22 @@ class Session:
         raise SessionEnd
 
     def connect(self) -> socket.socket:
-        """Open the outbound connection; a failure gets the matching reply."""
-        target = self.target or self.request.host
-        if isinstance(target, str):
-            try:
-                target = self.target = self._resolve(target)
-            except ResolveError as exc:
-                self._fail(Socks5Reply.HOST_UNREACHABLE, f"Error code: getaddrinfo() {exc}")
+        """Open the outbound connection; a failure gets the matching reply.
+
+        Resolving the name (when the rules did not need to) and connecting
+        share one deadline, --connect-timeout.
+        """
+        target = self.target or self._resolve(self.request.host)
         family = socket.AF_INET6 if target.version == 6 else socket.AF_INET
         upstream = socket.socket(family, socket.SOCK_STREAM)
         # connect(2) honours SO_SNDTIMEO: one blocking call, no poll() around it.
-        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                            _timeval(self.settings.connect_timeout))
+        remaining = max(self.connect_deadline - time.monotonic(), 0.001)
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(remaining))
         try:
             upstream.connect((str(target), self.request.port))
         except (TimeoutError, BlockingIOError):  # EINPROGRESS: the timer ran out
             upstream.close()
-            self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
-            log.info("timed-out -- %s: connect() after %g s", self.story(),
-                     self.settings.connect_timeout)
-            raise SessionEnd from None
+            self._time_out("connect()")
         except OSError as exc:
             upstream.close()
             code = _CONNECT_REPLIES.get(exc.errno, Socks5Reply.GENERAL_FAILURE)
@@ -231,11 +263,14 @@ class Session:
         """Reply with the bound address, then relay until both sides are done."""
         with upstream:
             bound_host, bound_port = upstream.getsockname()[:2]
+            bound = ipaddress.ip_address(bound_host.partition("%")[0])
+            self.outbound = format_host(unmapped(bound), bound_port)
+            self._story = None
             self._send(self.handshake.reply(
                 Socks4Reply.GRANTED if self.request.version == 4 else Socks5Reply.SUCCEEDED,
-                ipaddress.ip_address(bound_host.partition("%")[0]), bound_port))
+                bound, bound_port))
             log.info("connected -- %s", self.story())
-            self.status.relaying(escape(self.user, 32), f"connect {self.destination()} "
+            self.status.relaying(escape(self.user, 32), f"connect {self.dest()} "
                                  f"({service_name(self.request.port)})")
             pending = self.handshake.trailing()
             if pending:
@@ -246,7 +281,7 @@ class Session:
         verdict = "timed-out" if stats.reason == "idle" else "terminated"
         log.info("%s -- %s: %d bytes from %s, %d bytes from %s, %.3f s (%s)", verdict,
                  self.story(), stats.from_client + len(pending), self.client,
-                 stats.from_server, self.destination(), elapsed, stats.reason)
+                 stats.from_server, self.dest(), elapsed, stats.reason)
 
     # -- helpers ------------------------------------------------------------
 
@@ -271,25 +306,67 @@ class Session:
     def story(self) -> str:
         """The part every session log line shares (sockd(8), LOG LINES).
 
-        Built once the decision is known: nothing in it changes after that (an
-        ident answer, when there is an ident client, must reset self._story).
+        Cached between the changes that alter it (the decision, a resolved
+        address, the outbound connection, an ident answer), which set
+        self._story to None.
         """
-        if self._story is not None and self.decision is not None:
+        if self._story is not None:
             return self._story
         request = self.request
         where = self.decision.where if self.decision else "-"
-        self._story = (f"{COMMAND_WORDS[request.command].capitalize()} from "
-                f"{escape(self.user) or '-'}({escape(self.ident_user)})@{self.client} "
-                f"to {self.destination()} ({service_name(request.port)}) rule={where}")
-        return self._story
+        story = (f"{COMMAND_WORDS[request.command].capitalize()} from "
+                 f"{escape(self.user) or '-'}({escape(self.ident_user)})@{self.peer} "
+                 f"to {self.dest()} ({service_name(request.port)}) rule={where} "
+                 f"session={self.id}")
+        if self.target is not None and self.target != request.host:
+            story += f" addr={self.target}"
+        if self.outbound:
+            story += f" out={self.outbound}"
+        self._story = story
+        return story
 
-    def destination(self) -> str:
+    def dest(self) -> str:
         return format_host(self.request.host, self.request.port)
 
-    def _resolve(self, name: str):
-        if self.target is None:
-            self.target = self.resolver(name)
+    def _resolve(self, name: str) -> resolver.IPAddress:
+        """The address of the requested name, looked up once, under the connect deadline.
+
+        The rules pass their normalised form of the name; what is looked up is
+        the name exactly as the client sent it and the rules judged it
+        (sockd.destination has checked it is a plain ASCII host name).
+        """
+        if self.target is not None:
+            return self.target
+        try:
+            self.target = self.lookup(self.request.host,
+                                      self.connect_deadline - time.monotonic())
+        except ResolveTimeout:
+            self._time_out("getaddrinfo()")
+        except ResolveError as exc:
+            self._fail(Socks5Reply.HOST_UNREACHABLE, f"Error code: getaddrinfo() {exc}")
+        self._story = None
+        self._check_target(self.target)
         return self.target
+
+    def _check_target(self, address: resolver.IPAddress) -> None:
+        """Refuse a CONNECT to this host's "any" address or to one of our own listeners.
+
+        For BIND the address is the expected peer, where 0.0.0.0 means "not
+        known yet" (RFC 1928 §4); neither check applies.
+        """
+        if self.request.command != Command.CONNECT:
+            return
+        if destination.means_this_host(address):
+            self._refuse("destination means this host")
+        if self.own_listeners().reached_by(address, self.request.port, resolver.is_local):
+            self._refuse("destination is a listener of this server")
+
+    def own_listeners(self) -> destination.OwnListeners:
+        """--listen (or the default), and the port this client reached, on any local
+        address: a systemd or inetd socket may listen on every address."""
+        reached = self.sock.getsockname()[1]
+        return configured_listeners(self.settings.listen) | destination.OwnListeners(
+            any_address_ports=frozenset({reached}))
 
     def _next_event(self, deadline: float):
         """The next handshake event, reading from the client as needed."""
@@ -299,7 +376,7 @@ class Session:
             except ProtocolError as exc:
                 if exc.reply:
                     self._send(exc.reply)
-                log.info("error -- %s from host %s", exc.reason, self.client)
+                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
                 raise SessionEnd from None
             if event is not protocol.NEED_DATA:
                 return event
@@ -313,16 +390,21 @@ class Session:
             try:
                 data = self.sock.recv(4096)
             except BlockingIOError:
-                continue  # one slice of the wait is over; look at the clock again
+                # One slice of the wait is over: look at the clock again, and let
+                # the worker close its listeners if it is stopping (TERM).
+                self.status.tick()
+                continue
             except OSError as exc:
-                log.info("error -- %s while negotiating with host %s", exc.strerror, self.client)
+                log.info("error -- %s while negotiating with host %s session=%s",
+                         exc.strerror, self.peer, self.id)
                 raise SessionEnd from None
             if data:
                 return data
-            log.info("error -- client %s closed the connection while negotiating", self.client)
+            log.info("error -- client %s closed the connection while negotiating session=%s",
+                     self.peer, self.id)
             raise SessionEnd
-        log.info("timed-out -- negotiation with host %s after %g s", self.client,
-                 self.settings.negotiate_timeout)
+        log.info("timed-out -- negotiation with host %s after %g s session=%s", self.peer,
+                 self.settings.negotiate_timeout, self.id)
         raise SessionEnd
 
     def _hold(self, data: bytes) -> None:
@@ -335,7 +417,8 @@ class Session:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            log.info("error -- %s while replying to host %s", exc.strerror, self.client)
+            log.info("error -- %s while replying to host %s session=%s", exc.strerror,
+                     self.peer, self.id)
             raise SessionEnd from None
 
     def _choose_method(self, offer: protocol.MethodsOffered) -> None:
@@ -348,7 +431,8 @@ class Session:
         self._hold(self.handshake.choose_method(method))
         if method is Method.NO_ACCEPTABLE:
             self._send(b"")
-            log.info("error -- no acceptable authentication method from host %s", self.client)
+            log.info("error -- no acceptable authentication method from host %s session=%s",
+                     self.peer, self.id)
             raise SessionEnd
 
     def _authenticate(self, credentials: protocol.UsernamePassword) -> None:
@@ -358,14 +442,27 @@ class Session:
         self.user = credentials.username
         if not ok:
             self._send(b"")
-            log.info("error -- authentication failed for user %s from host %s",
-                     escape(credentials.username), self.client)
+            log.info("error -- authentication failed for user %s from host %s session=%s",
+                     escape(credentials.username), self.peer, self.id)
             raise SessionEnd
         self.authenticated = True
 
     def _fail(self, code: Socks5Reply, detail: str) -> None:
         self._send(self.handshake.failure_reply(code))
         log.info("failed -- %s. %s", self.story(), detail)
+        raise SessionEnd
+
+    def _refuse(self, why: str) -> None:
+        """Refused before any rule: SOCKS5 0x02, SOCKS4 91."""
+        self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
+        log.info("refused -- %s. Error: %s", self.story(), why)
+        raise SessionEnd
+
+    def _time_out(self, what: str) -> None:
+        """Resolving and connecting ran past --connect-timeout."""
+        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
+        log.info("timed-out -- %s: %s after %g s", self.story(), what,
+                 self.settings.connect_timeout)
         raise SessionEnd
 
     def _run_rule_hook(self) -> None:

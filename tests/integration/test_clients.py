@@ -89,4 +89,4 @@ def test_ipv6_listener_and_destination(sockd, tmp_path):
     assert s.recv(100) == b"over six"
     s.close()
     echo6.shutdown()
-    assert server.wait_log(r"connected -- Connect from -\(unknown\)@::1 to \[::1\]")
+    assert server.wait_log(r"connected -- Connect from -\(unknown\)@\[::1\]:\d+ to \[::1\]")

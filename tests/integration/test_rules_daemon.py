@@ -35,8 +35,8 @@ def test_users_ports_and_first_match(sockd, echo_server, tmp_path):
     assert socks4(server.port, echo_server, b"eve")[1] == 91
     assert socks4(server.port, echo_server + 1 if echo_server < 65535 else 1, b"alice")[1] == 91
     refused = server.wait_log(r"refused -- Connect", count=3)
-    assert "from mallory(unknown)" in refused[0] and refused[0].endswith(".conf:1")
-    assert refused[1].endswith(".conf:3")
+    assert "from mallory(unknown)" in refused[0] and ".conf:1 session=" in refused[0]
+    assert ".conf:3 session=" in refused[1]
 
 
 def test_hook_expands_tokens_and_quotes_hostile_users(sockd, echo_server, tmp_path):
