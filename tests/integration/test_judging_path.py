@@ -314,3 +314,51 @@ def test_a_silent_nameserver_holds_a_worker_no_longer_than_the_connect_timeout(t
         stub.close()
         echo.shutdown()
         echo.server_close()
+
+
+# -- the audit record ----------------------------------------------------------------------------
+
+
+def test_an_ipv4_mapped_destination_is_judged_as_ipv4(sockd, counter):
+    server = sockd(rules=loopback_only(f"deny 127.0.0.0/8 127.0.0.1/32 eq {counter.port}",
+                                       "permit 127.0.0.0/8 127.0.0.0/8"), args=ONE_WORKER)
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:127.0.0.1")
+    assert socks5_request(server.port, 4, mapped, counter.port)[:2] == b"\x05\x02"
+    line = server.wait_log(r"refused -- ")[0]
+    assert f"to [::ffff:7f00:1]:{counter.port} " in line and " addr=127.0.0.1" in line
+    assert counter.hits == 0
+
+
+def test_session_lines_carry_the_audit_record(sockd, tmp_path):
+    """Client address and port, session id, the resolved and the outbound address, the user:
+    each checked against what the two ends of the connection really saw."""
+    seen = {}
+
+    class Recorder(_EchoHandler):
+        def handle(self):
+            seen["peer"] = self.request.getpeername()[:2]
+            super().handle()
+
+    echo = serve(Recorder)
+    port = echo.server_address[1]
+    server = sockd(args=ONE_WORKER)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            client_port = s.getsockname()[1]
+            s.sendall(struct.pack(">BBH", 4, 1, port) + b"\0\0\0\x01alice\0localhost\0")
+            reply = s.recv(8)
+            assert reply[1] == 90
+            s.sendall(b"audit me")
+            assert s.recv(8) == b"audit me"
+        lines = server.wait_log(r"(connected|terminated) -- ", count=2)
+    finally:
+        echo.shutdown()
+        echo.server_close()
+    out_host, out_port = seen["peer"]
+    assert (socket.inet_ntoa(reply[4:]), struct.unpack(">H", reply[2:4])[0]) == seen["peer"]
+    ids = set()
+    for line in lines:
+        assert f"from alice(unknown)@127.0.0.1:{client_port} to localhost:{port} " in line
+        assert f" addr=127.0.0.1 out={out_host}:{out_port}" in line
+        ids.add(line.split(" session=")[1].split()[0])
+    assert len(ids) == 1 and ids.pop().startswith(lines[0].split("sockd[")[1].split("]")[0])
