@@ -49,16 +49,16 @@ _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal
 
 
 def load_rules(settings: Settings) -> rules.Ruleset:
-    """The rules in force for *settings*: the file, or the embedded default.
+    """The rules in force for *settings*: the file, or the embedded default, with the
+    route table of --route (None without one), so that a reload replaces both at once.
 
-    The route file, when there is one, is checked too (it is not used yet).
     Raises rules.ConfigError.
     """
-    if settings.route:
-        route.load_routes(settings.route)
-    if settings.uses_config_file:
-        return rules.load(settings.config)
-    return rules.default_ruleset()
+    routes = route.load_routes(settings.route) if settings.route else None
+    ruleset = rules.load(settings.config) if settings.uses_config_file \
+        else rules.default_ruleset()
+    ruleset.routes = routes
+    return ruleset
 
 
 class Master:

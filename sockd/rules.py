@@ -719,6 +719,7 @@ class Ruleset:
         self.no_identd = no_identd
         self.bad_id = bad_id
         self.embedded = embedded
+        self.routes = None     # the sockd.route table in force with these rules (sockd.route)
         self._index = _Index(rules)
 
     def __len__(self) -> int:

@@ -55,6 +55,9 @@ _CONNECT_REPLIES = {
 
 
 RECV_SLICE = 0.5   # seconds a negotiation read waits before looking at the clock
+# Linux: bind a source address without choosing the port until connect(2), so
+# that a route file's source address does not use up ports (ip(7)).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def _timeval(seconds: float) -> bytes:
@@ -133,7 +136,8 @@ class Session:
         self.authenticated = False
         self.decision: Decision | None = None
         self.target: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-        self.outbound = ""  # the outbound socket's local address:port, once connected
+        self.outbound = ""  # CONNECT: our end of the outbound connection; BIND: where we listen
+        self.peer_seen = ""  # BIND: the peer that connected
         self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
@@ -147,10 +151,14 @@ class Session:
             self.check_destination()
             self.judge()
             self.check_ident()
-            if self.request.command != Command.CONNECT:
+            if self.request.command == Command.CONNECT:
+                upstream = self.connect()
+                self.serve(upstream, upstream.getsockname())
+            elif self.request.command == Command.BIND:
+                peer = self.accept_peer()
+                self.serve(peer, peer.getpeername())
+            else:
                 self.refuse_command()
-            upstream = self.connect()
-            self.serve(upstream)
         except SessionEnd:
             self._linger()
         finally:
@@ -249,6 +257,10 @@ class Session:
         remaining = max(self.connect_deadline - time.monotonic(), 0.001)
         upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(remaining))
         try:
+            source = self._route_source(target)
+            if source is not None:
+                upstream.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                upstream.bind((str(source), 0))
             upstream.connect((str(target), self.request.port))
         except (TimeoutError, BlockingIOError):  # EINPROGRESS: the timer ran out
             upstream.close()
@@ -259,29 +271,55 @@ class Session:
             self._fail(code, f"Error code: connect() {exc.strerror}")
         return upstream
 
-    def serve(self, upstream: socket.socket) -> None:
-        """Reply with the bound address, then relay until both sides are done."""
-        with upstream:
-            bound_host, bound_port = upstream.getsockname()[:2]
-            bound = ipaddress.ip_address(bound_host.partition("%")[0])
-            self.outbound = format_host(unmapped(bound), bound_port)
+    def accept_peer(self) -> socket.socket:
+        """BIND: listen, send the first reply, and wait for the expected peer.
+
+        The listening address is the route file's for the expected peer, else
+        the address of the interface the client reached (cstc-facts §4).
+        Returns the peer's connection; the caller sends the second reply.
+        """
+        expected = self.target or self._resolve(self.request.host)
+        listener = self._listen_for(expected)
+        with listener:
+            host, port = listener.getsockname()[:2]
+            address = unmapped(ipaddress.ip_address(host.partition("%")[0]))
+            self.outbound = format_host(address, port)
             self._story = None
-            self._send(self.handshake.reply(
-                Socks4Reply.GRANTED if self.request.version == 4 else Socks5Reply.SUCCEEDED,
-                bound, bound_port))
+            self._send(self.handshake.reply(self._granted(), address, port))
+            self.status.relaying(escape(self.user, 32), f"bind {self.dest()} "
+                                 f"({service_name(self.request.port)}) waiting on "
+                                 f"{self.outbound}")
+            return self._wait_for_peer(listener, expected)
+
+    def serve(self, upstream: socket.socket, bound: tuple) -> None:
+        """Reply with *bound* (CONNECT: our end of the outbound connection; BIND: the
+        peer's address), then relay until both sides are done."""
+        with upstream:
+            bound_host, bound_port = bound[:2]
+            address = ipaddress.ip_address(bound_host.partition("%")[0])
+            if self.request.command == Command.CONNECT:
+                self.outbound = format_host(unmapped(address), bound_port)
+            else:
+                self.peer_seen = format_host(unmapped(address), bound_port)
+            self._story = None
+            self._send(self.handshake.reply(self._granted(), address, bound_port))
             log.info("connected -- %s", self.story())
-            self.status.relaying(escape(self.user, 32), f"connect {self.dest()} "
+            self.status.relaying(escape(self.user, 32),
+                                 f"{COMMAND_WORDS[self.request.command]} {self.dest()} "
                                  f"({service_name(self.request.port)})")
             pending = self.handshake.trailing()
             if pending:
                 upstream.sendall(pending)
             stats = relay.relay(self.sock, upstream, idle_timeout=self.settings.idle_timeout,
                                 on_tick=self.status.tick)
+        self._log_end("timed-out" if stats.reason == "idle" else "terminated",
+                      stats.from_client + len(pending), stats.from_server, stats.reason)
+
+    def _log_end(self, verdict: str, from_client: int, from_server: int, reason: str) -> None:
         elapsed = time.monotonic() - self.started
-        verdict = "timed-out" if stats.reason == "idle" else "terminated"
         log.info("%s -- %s: %d bytes from %s, %d bytes from %s, %.3f s (%s)", verdict,
-                 self.story(), stats.from_client + len(pending), self.client,
-                 stats.from_server, self.dest(), elapsed, stats.reason)
+                 self.story(), from_client, self.client, from_server, self.dest(), elapsed,
+                 reason)
 
     # -- helpers ------------------------------------------------------------
 
@@ -322,6 +360,8 @@ class Session:
             story += f" addr={self.target}"
         if self.outbound:
             story += f" out={self.outbound}"
+        if self.peer_seen:
+            story += f" peer={self.peer_seen}"
         self._story = story
         return story
 
@@ -451,6 +491,76 @@ class Session:
         self._send(self.handshake.failure_reply(code))
         log.info("failed -- %s. %s", self.story(), detail)
         raise SessionEnd
+
+    def _granted(self) -> int:
+        return Socks4Reply.GRANTED if self.request.version == 4 else Socks5Reply.SUCCEEDED
+
+    def _route_source(self, target: resolver.IPAddress) -> resolver.IPAddress | None:
+        """The route file's local address for *target*, when one of its family matches."""
+        routes = self.rules.routes
+        found = routes.lookup(target) if routes is not None else None
+        if found is None or found.interface.version != unmapped(target).version:
+            return None
+        return found.interface
+
+    def _listen_for(self, expected: resolver.IPAddress) -> socket.socket:
+        """A listening socket for a BIND: on the route's address for *expected*, else on
+        the address the client reached (in *expected*'s family when they differ)."""
+        local = self._route_source(expected) if not expected.is_unspecified else None
+        if local is None:
+            local = unmapped(ipaddress.ip_address(self.sock.getsockname()[0].partition("%")[0]))
+            if not expected.is_unspecified and local.version != unmapped(expected).version:
+                local = ipaddress.ip_address("::" if expected.version == 6 else "0.0.0.0")
+        listener = socket.socket(socket.AF_INET6 if local.version == 6 else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+        try:
+            listener.bind((str(local), 0))
+            listener.listen(4)
+        except OSError as exc:
+            listener.close()
+            self._fail(Socks5Reply.GENERAL_FAILURE, f"Error code: bind() {exc.strerror}")
+        return listener
+
+    def _wait_for_peer(self, listener: socket.socket,
+                       expected: resolver.IPAddress) -> socket.socket:
+        """Accept connections until one comes from *expected* (or, when the expected peer
+        is 0.0.0.0 or ::, from an address the rules allow), the client hangs up, or
+        --bind-timeout runs out.  Anyone else is closed, logged, and the wait goes on."""
+        deadline = time.monotonic() + self.settings.bind_timeout
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        # Not POLLIN: bytes the client sends early wait for the peer; only a hang-up counts.
+        poller.register(self.sock, select.POLLRDHUP)
+        while (remaining := deadline - time.monotonic()) > 0:
+            events = dict(poller.poll(min(remaining, 1.0) * 1000))
+            self.status.tick()
+            if self.sock.fileno() in events:
+                self._log_end("terminated", 0, 0, "client closed while waiting")
+                raise SessionEnd
+            if listener.fileno() not in events:
+                continue
+            try:
+                conn, address = listener.accept()
+            except OSError:
+                continue
+            peer = unmapped(ipaddress.ip_address(address[0].partition("%")[0]))
+            if self._expected_peer(peer, expected):
+                return conn
+            conn.close()
+            log.info("refused -- %s. Error: connection from wrong host %s",
+                     self.story(), format_host(peer, address[1]))
+        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
+        log.info("timed-out -- %s: no connection after %g s", self.story(),
+                 self.settings.bind_timeout)
+        raise SessionEnd
+
+    def _expected_peer(self, peer: resolver.IPAddress, expected: resolver.IPAddress) -> bool:
+        if not expected.is_unspecified:
+            return peer == unmapped(expected)
+        # RFC 1928 §4: "not known yet"; the rules judge the peer in its place.
+        query = Query(command="bind", src=self.client_addr, user=self.user,
+                      authenticated=self.authenticated, dst=peer, port=self.request.port)
+        return self.rules.evaluate(query, self._resolve).allowed
 
     def _refuse(self, why: str) -> None:
         """Refused before any rule: SOCKS5 0x02, SOCKS4 91."""
