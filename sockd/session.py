@@ -313,6 +313,7 @@ class Session:
             try:
                 data = self.sock.recv(4096)
             except BlockingIOError:
+                self.status.tick()
                 continue  # one slice of the wait is over; look at the clock again
             except OSError as exc:
                 log.info("error -- %s while negotiating with host %s", exc.strerror, self.client)
