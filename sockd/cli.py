@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in (("min-spare", 5), ("max-spare", 10), ("max-workers", 64),
                           ("max-requests", 10000)):
         p.add_argument(f"--{name}", type=_positive_int, default=default, metavar="N")
+    p.add_argument("--max-per-source", type=_non_negative_int, metavar="N",
+                   help="sessions at once from one client address (default: a quarter of "
+                        "--max-workers, at least 8; 0: no cap)")
     for name, default in (("negotiate", 30), ("connect", 120), ("bind", 120), ("idle", 7200),
                           ("ident", 15)):
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
@@ -68,6 +71,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -105,6 +115,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         log=where, syslog_address=args.syslog_address, facility=args.facility,
         ident=args.ident, min_spare=args.min_spare, max_spare=args.max_spare,
         max_workers=args.max_workers, max_requests=args.max_requests,
+        max_per_source=args.max_per_source,
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
         ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug)

@@ -215,6 +215,15 @@ class SpecialLine:
         return f"{self.file}:{self.line}"
 
 
+class SourceVerdict(enum.Enum):
+    """What the rules can ever say to a client address, whatever it asks
+    (`Ruleset.source_verdict`)."""
+
+    MAY_PERMIT = "may-permit"   # some request from this address may be allowed
+    HOOK = "hook"               # none can be, but a rule's shell command may run: negotiate
+    NEVER = "never"             # none can be, and no shell command runs: close at accept
+
+
 @dataclass(frozen=True)
 class Decision:
     """The verdict on one request.
@@ -752,6 +761,29 @@ class Ruleset:
             return self._decide(by_name, resolved)
         return self._decide(by_name, None)
 
+    def source_verdict(self, address: IPAddress | str) -> SourceVerdict:
+        """Judge a client address before it has said anything: can any request from it be allowed?
+
+        The rules whose source matches ``address`` are taken in order: an allow rule reached
+        means `MAY_PERMIT`; a deny rule that matches every request from the address (any
+        destination, any port, any user, every command, no ``auth=``) ends the walk, as does the
+        end of the rules.  Then the verdict is `HOOK` when a rule reached carries a shell command
+        (the administrator asked to hear about such requests: they are negotiated and refused as
+        usual), else `NEVER`.  Conservative: `NEVER` only when `evaluate` would deny every
+        request from ``address`` without running a hook.  An IPv4-mapped IPv6 address is judged
+        as its IPv4 address.  Costs a few big-integer operations, like `evaluate`.
+        """
+        index = self._index
+        src = unmapped(ipaddress.ip_address(address) if isinstance(address, str) else address)
+        matching = index.src.lookup(src)
+        first_allow = _lowest(matching & index.allows)
+        first_stop = _lowest(matching & index.stops)
+        if first_allow < first_stop:
+            return SourceVerdict.MAY_PERMIT
+        if first_stop < len(self.rules):
+            matching &= (2 << first_stop) - 1       # the rules reached: up to the stop
+        return SourceVerdict.HOOK if matching & index.hooks else SourceVerdict.NEVER
+
     def _decide(self, candidates: int, resolved: IPAddress | None) -> Decision:
         if not candidates:
             where = "default" if self.embedded else f"{self.file}:no-match"
@@ -802,6 +834,20 @@ class _Index:
             for user in rule.users or ():
                 self.users[user] = self.users.get(user, self.any_user) | 1 << rule.index
         self.ports = _PortIndex(rules)
+        # For source_verdict: allow rules, deny rules that match every request from their
+        # source, and rules with a shell command.
+        self.allows = having(lambda r: r.allows)
+        self.stops = having(lambda r: not r.allows and _matches_every_request(r))
+        self.hooks = having(lambda r: r.shell_command is not None)
+
+
+def _matches_every_request(rule: Rule) -> bool:
+    """True when ``rule`` matches every request from an address its source matches."""
+    any_dst = rule.dst is None or (isinstance(rule.dst, AddressMatch) and rule.dst.matches_all)
+    any_port = rule.port is None or (rule.port.op, rule.port.port) in (("ge", 0), ("le", 65535))
+    every_command = rule.commands is None or rule.commands >= frozenset(Command)
+    return any_dst and any_port and every_command and rule.users is None \
+        and not rule.require_auth
 
 
 def _union(bits: Iterable[int]) -> int:
@@ -904,5 +950,5 @@ __all__ = [
     "FieldError", "IdentPolicy", "MAX_LINE", "NamePattern", "OPERATORS", "PortTest", "Query",
     "Rule", "Ruleset", "SpecialLine", "check", "check_text", "default_resolver",
     "default_ruleset", "load", "normalize_hostname", "parse_address_field", "parse_port",
-    "parse_text", "parse_user_file", "resolve_address", "split_line", "unmapped",
+    "SourceVerdict", "parse_text", "parse_user_file", "resolve_address", "split_line", "unmapped",
 ]
