@@ -26,7 +26,7 @@ from sockd import hooks, proctitle
 from sockd.log import escape
 from sockd.rules import Ruleset, SourceVerdict, unmapped
 from sockd.scoreboard import Scoreboard, State, source_key
-from sockd.session import Session, Status
+from sockd.session import Session, Status, format_host
 from sockd.settings import Settings
 
 log = logging.getLogger("sockd")
@@ -73,11 +73,6 @@ class Reports:
             return None
         count, self.unreported, self.last = self.unreported, 0, now
         return count
-
-
-def describe_client(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
-    """ADDR:PORT, [ADDR]:PORT for IPv6, as the session lines show a client."""
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 class Worker(Status):
@@ -196,7 +191,7 @@ class Worker(Status):
             unreported = self.unpermitted.due(time.monotonic())
             if unreported is not None:
                 log.info("refused -- client %s at accept: no rule can permit this source "
-                         "(%d more since the last report)", describe_client(address, peer[1]),
+                         "(%d more since the last report)", format_host(address, peer[1]),
                          unreported)
             return False
         # Race-safe across workers: record our session first, then count.  Two workers that
@@ -212,7 +207,7 @@ class Worker(Status):
             if unreported is not None:
                 log.info("refused -- client %s at accept: %d sessions already from %s "
                          "(--max-per-source %d; %d more since the last report)",
-                         describe_client(address, peer[1]), others, address, cap, unreported)
+                         format_host(address, peer[1]), others, address, cap, unreported)
             return False
         return True
 

@@ -11,8 +11,9 @@ from sockd import cli
 from sockd.master import census
 from sockd.pool import Limits, plan
 from sockd.scoreboard import Scoreboard, State, source_key
+from sockd.session import format_host
 from sockd.settings import Settings
-from sockd.worker import Reports, describe_client
+from sockd.worker import Reports
 
 
 def key(text: str) -> bytes:
@@ -135,8 +136,8 @@ def test_reports_say_the_first_at_once_then_once_an_interval_with_the_count():
 
 
 def test_clients_are_described_as_the_session_lines_do():
-    assert describe_client(ipaddress.ip_address("10.0.0.1"), 40312) == "10.0.0.1:40312"
-    assert describe_client(ipaddress.ip_address("::1"), 1080) == "[::1]:1080"
+    assert format_host(ipaddress.ip_address("10.0.0.1"), 40312) == "10.0.0.1:40312"
+    assert format_host(ipaddress.ip_address("::1"), 1080) == "[::1]:1080"
 
 
 # -- --max-per-source ---------------------------------------------------------------------
