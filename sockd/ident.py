@@ -32,12 +32,8 @@ __all__ = ["IDENT_PORT", "IdentAnswer", "query"]
 IDENT_PORT = 113
 """The identd's well-known port (RFC 1413 §1)."""
 
-# Linux's value; Python's socket module does not export it before 3.12.
-_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-
-class _TimedOut(Exception):
-    pass
+# Linux only (4.2 and later); elsewhere bind() picks the port at once, which is merely wasteful.
+_IP_BIND_ADDRESS_NO_PORT: int | None = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
 
 
 def query(client_addr: str, client_port: int, local_addr: str, local_port: int,
@@ -46,7 +42,8 @@ def query(client_addr: str, client_port: int, local_addr: str, local_port: int,
 
     local_addr:local_port is the address and port the client connected to on
     this host; the query is made from local_addr. timeout (seconds) bounds the
-    whole exchange: connect, send and the reply together.
+    whole exchange: connect, send and the reply together. Never raises for
+    anything the identd (or its absence) does.
     """
     deadline = time.monotonic() + timeout
     try:
@@ -61,14 +58,12 @@ def query(client_addr: str, client_port: int, local_addr: str, local_port: int,
                 sock.connect(remote[1])
             except TimeoutError:
                 raise
-            except OSError as exc:
+            except OSError as exc:   # refused, no route, ...
                 return IdentAnswer.no_answer(f"unreachable ({_why(exc)})")
-            _step(sock, deadline)
-            sock.sendall(query_line(client_port, local_port))
-            return _read_reply(sock, ReplyReader(client_port, local_port), deadline)
-    except (_TimedOut, TimeoutError):
+            return _exchange(sock, client_port, local_port, deadline)
+    except TimeoutError:
         return IdentAnswer.no_answer("timed out")
-    except OSError as exc:   # our side: no socket, cannot bind, reset while sending
+    except OSError as exc:   # our side: no socket left, cannot bind the address
         return IdentAnswer.no_answer(f"failed ({_why(exc)})")
 
 
@@ -95,9 +90,11 @@ def _unmapped(address: str) -> str:
 
 
 def _bind(sock: socket.socket, local: tuple) -> None:
-    # The port is chosen at connect(), so no port is reserved for a query that fails early.
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    # The port is chosen at connect(), so no port is reserved for a query that fails early;
+    # Linux takes this SOL_IP option on IPv6 sockets too.
+    if _IP_BIND_ADDRESS_NO_PORT is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
     sock.bind(local)
 
 
@@ -105,23 +102,28 @@ def _step(sock: socket.socket, deadline: float) -> None:
     """Give the next blocking call what is left of the overall deadline."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise _TimedOut
+        raise TimeoutError
     sock.settimeout(left)
 
 
-def _read_reply(sock: socket.socket, reader: ReplyReader, deadline: float) -> IdentAnswer:
-    while (answer := reader.next_answer()) is NEED_DATA:
+def _exchange(sock: socket.socket, client_port: int, local_port: int,
+              deadline: float) -> IdentAnswer:
+    """Send the query and read the reply on a connected socket (TimeoutError at the deadline)."""
+    reader = ReplyReader(client_port, local_port)
+    try:
         _step(sock, deadline)
-        try:
+        sock.sendall(query_line(client_port, local_port))
+        while (answer := reader.next_answer()) is NEED_DATA:
+            _step(sock, deadline)
             data = sock.recv(4096)
-        except TimeoutError:
-            raise
-        except OSError as exc:   # a reset: the identd went away without an answer
-            return IdentAnswer.no_answer(f"closed early ({_why(exc)})")
-        if data:
-            reader.feed(data)
-        else:
-            reader.feed_eof()
+            if data:
+                reader.feed(data)
+            else:
+                reader.feed_eof()
+    except TimeoutError:
+        raise
+    except OSError as exc:   # a reset: the identd went away without an answer
+        return IdentAnswer.no_answer(f"closed early ({_why(exc)})")
     return answer
 
 

@@ -76,8 +76,9 @@ class IdentAnswer:
     the identd said (charset "" when absent), reason "". For NO_ANSWER, user is
     None and reason says why, in printable ASCII for the log: ``unreachable
     (Connection refused)``, ``timed out``, ``ERROR : NO-USER``, ``garbage``,
-    ``reply for other ports``, ``too long``, ``closed early``, or ``failed (...)`` when
-    this host could not make the query at all (no socket, cannot bind).
+    ``reply for other ports``, ``too long``, ``closed early`` (with the cause when
+    the identd reset the connection), or ``failed (...)`` when this host could not
+    make the query at all (no socket, cannot bind). Treat it as log text only.
     """
 
     kind: AnswerKind
@@ -100,10 +101,10 @@ class IdentAnswer:
         return self.kind is AnswerKind.USER
 
 
-GARBAGE = "garbage"
-OTHER_PORTS = "reply for other ports"
-TOO_LONG = "too long"
-CLOSED_EARLY = "closed early"
+_GARBAGE = "garbage"
+_OTHER_PORTS = "reply for other ports"
+_TOO_LONG = "too long"
+_CLOSED_EARLY = "closed early"
 
 
 def query_line(client_port: int, server_port: int) -> bytes:
@@ -120,18 +121,18 @@ def parse_reply(line: bytes, client_port: int, server_port: int) -> IdentAnswer:
     line = _strip_eol(line)
     ports, rest = _token(line)
     if rest is None:
-        return IdentAnswer.no_answer(GARBAGE)
+        return IdentAnswer.no_answer(_GARBAGE)
     pair = _port_pair(ports)
     if pair is None:
-        return IdentAnswer.no_answer(GARBAGE)
+        return IdentAnswer.no_answer(_GARBAGE)
     if pair != (client_port, server_port):
-        return IdentAnswer.no_answer(OTHER_PORTS)
+        return IdentAnswer.no_answer(_OTHER_PORTS)
     keyword, rest = _token(rest)
     keyword = keyword.upper()
     if keyword == b"ERROR":
         return IdentAnswer.no_answer(_error_reason(rest or b""))
     if keyword != b"USERID" or rest is None:
-        return IdentAnswer.no_answer(GARBAGE)
+        return IdentAnswer.no_answer(_GARBAGE)
     return _userid(rest)
 
 
@@ -185,11 +186,11 @@ def _error_reason(rest: bytes) -> str:
 def _userid(rest: bytes) -> IdentAnswer:
     opsys_field, user = _token(rest)
     if user is None:
-        return IdentAnswer.no_answer(GARBAGE)
+        return IdentAnswer.no_answer(_GARBAGE)
     opsys, _, charset = opsys_field.partition(b",")
     user = user.strip(_BLANKS)
     if not user:
-        return IdentAnswer.no_answer(GARBAGE)
+        return IdentAnswer.no_answer(_GARBAGE)
     return IdentAnswer.of_user(user.decode("latin-1"), opsys.strip(_BLANKS).decode("latin-1"),
                                charset.strip(_BLANKS).decode("latin-1"))
 
@@ -224,10 +225,10 @@ class ReplyReader:
         if end >= 0:
             return parse_reply(bytes(self._buffer[:end + 1]), *self.ports)
         if len(self._buffer) >= MAX_REPLY:
-            return IdentAnswer.no_answer(TOO_LONG)
+            return IdentAnswer.no_answer(_TOO_LONG)
         if not self._eof:
             return NEED_DATA
         answer = parse_reply(bytes(self._buffer), *self.ports)
         if answer.answered or answer.reason.startswith("ERROR"):
             return answer
-        return IdentAnswer.no_answer(CLOSED_EARLY)
+        return IdentAnswer.no_answer(_CLOSED_EARLY)

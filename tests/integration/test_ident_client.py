@@ -81,6 +81,17 @@ def test_oidentd_forced_reply_is_the_answer(tmp_path, host):
             assert ask_about(conn).user == "nobody"
 
 
+def test_oidentd_forced_reply_for_root(tmp_path):
+    """Session tests can run their clients as root (the test's own user) and still get a
+    chosen name: oidentd's forced reply for root."""
+    with oidentd(tmp_path, replies={"root": "alice"}), listener("127.0.0.1") as server, \
+            socket.create_connection(server.getsockname(), 10) as client:
+        conn, _ = server.accept()
+        with conn:
+            assert client.getsockname()[1] == conn.getpeername()[1]
+            assert ask_about(conn) == IdentAnswer.of_user("alice", "UNIX", "")
+
+
 def test_oidentd_error_for_a_connection_that_does_not_exist(tmp_path):
     with oidentd(tmp_path):
         answer = query("127.0.0.1", free_port(), "127.0.0.1", free_port(), 10)
