@@ -279,6 +279,9 @@ class Worker(Status):
         self.board.set_client(self.index, client)
         proctitle.set_title(f"sockd: {client} negotiating")
 
+    def identifying(self) -> None:
+        proctitle.set_title(f"sockd: {self.client} asking identd")
+
     def relaying(self, user: str, what: str) -> None:
         self.board.set_request(self.index, user, what)
         who = f"{user}@{self.client}" if user else self.client

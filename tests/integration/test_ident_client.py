@@ -12,6 +12,8 @@ import socket
 import time
 
 import pytest
+
+from conftest import free_port
 from identd import (
     FakeIdentd,
     close_early,
@@ -24,8 +26,6 @@ from identd import (
     silent,
     trickle,
 )
-
-from conftest import free_port
 from sockd.ident import query
 from sockd.identwire import AnswerKind, IdentAnswer
 
