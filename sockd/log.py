@@ -2,8 +2,10 @@
 
 Owns the `sockd` logger's handlers (syslog, stderr or a file) and the one
 escaping function that every client-controlled string passes through before it
-reaches a log line or a process title.  The line formats themselves belong to
-the session and the master, and are documented in sockd(8).
+reaches a log line or a process title (`escape`), and its sibling for messages
+that quote a configuration file (`escape_text`, which keeps spaces readable).
+The line formats themselves belong to the session and the master, and are
+documented in sockd(8).
 """
 
 import logging
@@ -32,6 +34,34 @@ def escape(text: str, limit: int = 255) -> str:
     if all(c in _SAFE for c in text):
         return text
     return "".join(_ESCAPES.get(c) or f"\\x{ord(c) & 0xFF:02x}" for c in text)
+
+
+_READABLE = frozenset(range(0x20, 0x7F)) - {0x5C}
+
+
+def escape_text(text: str, encoding: str = "utf-8") -> str:
+    """Return *text*, a message quoting a file, readable on one log line.
+
+    Printable ASCII and the space stay as they are (so `FILE:LINE: message`
+    reads as prose); every other byte, the backslash included, is written as
+    \\xNN: the bytes of the text in *encoding*, the file's own encoding, where
+    bytes that did not decode (held as surrogate escapes) come back as
+    themselves.  So a control byte or invalid UTF-8 in a configuration file
+    neither reaches the terminal nor makes a syslog line vanish.
+    """
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_character(c, encoding) for c in text)
+
+
+def _escape_character(c: str, encoding: str) -> str:
+    if " " <= c <= "~" and c != "\\":
+        return c
+    try:
+        data = c.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:      # a lone surrogate that no file byte made
+        data = c.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if b in _READABLE else f"\\x{b:02x}" for b in data)
 
 
 class _Formatter(logging.Formatter):
