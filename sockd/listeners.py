@@ -96,20 +96,41 @@ def systemd_listeners() -> list[socket.socket] | None:
 
 
 def stdin_is_connection() -> bool:
-    """True when fd 0 is a connected stream socket: started by inetd (nowait)."""
+    """True when fd 0 is a connected TCP socket: started by inetd (`nowait`).
+
+    Only TCP: a UNIX socket or a socketpair on standard input is some other
+    program's plumbing, not a client inetd accepted.
+    """
+    return stdin_connection_problem() is None
+
+
+def stdin_connection_problem() -> str | None:
+    """Why fd 0 is not a client that inetd accepted for us, or None when it is one (a
+    connected AF_INET or AF_INET6 SOCK_STREAM socket)."""
     try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return False
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return "standard input is closed"
+    if not stat.S_ISSOCK(mode):
+        return "standard input is not a socket"
+    try:
         sock = socket.socket(fileno=os.dup(0))
-    except OSError:
-        return False
-    try:
-        sock.getpeername()
-        return sock.type == socket.SOCK_STREAM
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    except OSError as exc:
+        return f"standard input is a socket sockd cannot use: {exc.strerror}"
+    with sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            kind = "a UNIX" if sock.family == socket.AF_UNIX else "a non-IP"
+            return f"standard input is {kind} socket, not a TCP connection"
+        if sock.type != socket.SOCK_STREAM:
+            return "standard input is a datagram socket, not a TCP connection"
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return ("standard input is a listening socket: inetd `wait` mode is not "
+                    "supported, use `nowait`")
+        try:
+            sock.getpeername()
+        except OSError:
+            return "standard input is a TCP socket that is not connected"
+    return None
 
 
 def describe_address(address: tuple) -> str:
