@@ -3,41 +3,46 @@
 inetd mode and --user, hook values that would climb out of a directory, pid and log files that
 are symbolic links, configuration files that are not regular files or too big, control bytes in
 error messages, log rotation on HUP; and the start-up paths nothing else exercises: -f without
---log, detaching, --pidfile, repeated -l, the default listener, systemd LISTEN_FDS, route and
-password errors under -t, HUP re-reading the password file.
+--log, detaching, --pidfile, repeated -l, the default listener, --inetd given explicitly,
+systemd LISTEN_FDS, route and password errors under -t, HUP re-reading the password file.
 """
 
+import contextlib
+import os
+import re
+import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
+from pathlib import Path
 
 import pytest
+from test_syslog import rsyslog  # noqa: F401 - the real rsyslogd fixture
 
-from conftest import ROOT, wait_until
+from conftest import LOOPBACK_RULES, ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 SOCKD = [sys.executable, "-m", "sockd"]
+NOBODY = 65534
 
 
-def run_sockd(*args, **kw):
-    """sockd run to its end, with a bound on its time."""
+def run_sockd(*args, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
+    """sockd run to its end, bounded in time."""
     kw.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run([*SOCKD, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30, **kw)
+    return subprocess.run([*SOCKD, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kw)
 
 
-def socks4_connect(port: int, dst_port: int, user: bytes = b"tester",
-                   host: str = "127.0.0.1") -> socket.socket:
-    """A SOCKS 4 CONNECT to 127.0.0.1:dst_port through sockd on port; returns the socket,
-    with the reply read and checked."""
-    s = socket.create_connection((host, port), timeout=10)
-    s.sendall(b"\x04\x01" + struct.pack(">H", dst_port) + socket.inet_aton("127.0.0.1")
-              + user + b"\x00")
-    reply = recv_exactly(s, 8)
-    assert reply[:2] == b"\x00\x5a", reply
-    return s
+@pytest.fixture
+def conf(tmp_path) -> Path:
+    path = tmp_path / "c.conf"
+    path.write_text(LOOPBACK_RULES)
+    return path
 
 
 def recv_exactly(s: socket.socket, n: int) -> bytes:
@@ -50,10 +55,219 @@ def recv_exactly(s: socket.socket, n: int) -> bytes:
     return data
 
 
+def socks4_connect(port: int, dst_port: int, user: bytes = b"tester",
+                   host: str = "127.0.0.1") -> socket.socket:
+    """A granted SOCKS 4 CONNECT to 127.0.0.1:dst_port through the sockd at host:port."""
+    s = socket.create_connection((host, port), timeout=10)
+    s.sendall(b"\x04\x01" + struct.pack(">H", dst_port) + socket.inet_aton("127.0.0.1")
+              + user + b"\x00")
+    reply = recv_exactly(s, 8)
+    assert reply[:2] == b"\x00\x5a", reply
+    return s
+
+
 def echo_through(port: int, echo_port: int, payload: bytes = b"ping", **kw) -> None:
     with socks4_connect(port, echo_port, **kw) as s:
         s.sendall(payload)
         assert recv_exactly(s, len(payload)) == payload
+
+
+def socks5_password_status(port: int, user: bytes, password: bytes) -> int:
+    """The RFC 1929 status byte sockd answers to user:password (0 is success)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"\x05\x01\x02")
+        assert recv_exactly(s, 2) == b"\x05\x02"
+        s.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+        reply = recv_exactly(s, 2)
+        assert reply[:1] == b"\x01", reply
+        return reply[1]
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def uid_of(pid: int) -> list[str]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+
+
+class Lines:
+    """The lines a process writes to a pipe, read by a thread (so the pipe never fills)."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait(self, pattern: str, timeout: float = 10) -> str:
+        return wait_until(lambda: next((x for x in self.lines if re.search(pattern, x)), None),
+                          timeout, f"/{pattern}/ in {self.lines}")
+
+
+@contextlib.contextmanager
+def running(argv: list[str], **kw):
+    """A process in its own session, killed with its group at the end."""
+    proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, **kw)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def inetd_connection():
+    """(client, server end) of a TCP connection on loopback, as inetd would hand it over."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        conn, _ = listener.accept()
+    return client, conn
+
+
+# -- inetd mode (item 1) ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stdin_of_kind(request, tmp_path):
+    """Standard input for sockd --inetd that is not a client inetd accepted."""
+    kind = request.param
+    with contextlib.ExitStack() as stack:
+        if kind == "listening TCP socket":      # what inetd `wait` mode passes
+            yield kind, stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        elif kind == "socketpair end":
+            a, b = socket.socketpair()
+            stack.enter_context(a)
+            stack.enter_context(b)
+            yield kind, a
+        elif kind == "UNIX stream socket":
+            server = stack.enter_context(socket.socket(socket.AF_UNIX))
+            server.bind(str(tmp_path / "unix.sock"))
+            server.listen()
+            client = stack.enter_context(socket.socket(socket.AF_UNIX))
+            client.connect(str(tmp_path / "unix.sock"))
+            yield kind, client
+        elif kind == "unconnected TCP socket":
+            yield kind, stack.enter_context(socket.socket())
+        elif kind == "/dev/null":
+            yield kind, stack.enter_context(open(os.devnull))
+        else:
+            raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("stdin_of_kind", ["listening TCP socket", "socketpair end",
+                                           "UNIX stream socket", "unconnected TCP socket",
+                                           "/dev/null"], indirect=True)
+def test_inetd_refuses_what_is_not_a_tcp_connection(stdin_of_kind, conf, tmp_path):
+    kind, stdin = stdin_of_kind
+    log = tmp_path / "inetd.log"
+    out = run_sockd("--inetd", "-c", conf, "--log", log, stdin=stdin)
+    assert out.returncode == 2, out
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("sockd: --inetd: standard input is "), out.stderr
+    assert "Traceback" not in out.stderr + log.read_text()
+    expected = {"listening TCP socket": "a listening socket", "socketpair end": "a UNIX socket",
+                "UNIX stream socket": "a UNIX socket",
+                "unconnected TCP socket": "not connected", "/dev/null": "not a socket"}[kind]
+    assert expected in out.stderr
+    assert f"error -- {out.stderr[len('sockd: '):]}" in log.read_text()
+
+
+def test_inetd_refuses_a_closed_standard_input(conf, tmp_path):
+    out = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", *SOCKD, "--inetd", "-c", str(conf),
+                          "--log", str(tmp_path / "l.log")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=20)
+    assert out.returncode == 2, out
+    # (The first file sockd opens may take descriptor 0: then it is "not a socket".)
+    assert re.fullmatch(r"sockd: --inetd: standard input is (closed|not a socket)\n", out.stderr)
+
+
+def test_inetd_session_and_hooks_run_as_the_user_given(tmp_path, echo_server):
+    # Where nobody may write: tmp_path's parents are root's alone.
+    shared = Path(tempfile.mkdtemp(prefix="sockd-inetd-", dir="/tmp"))
+    try:
+        shared.chmod(0o777)
+        conf = tmp_path / "c.conf"
+        conf.write_text(f"permit 127.0.0.0 255.0.0.0 127.0.0.0 255.0.0.0 : id -u > {shared}/uid\n"
+                        "deny 0.0.0.0 0.0.0.0\n")
+        conf.chmod(0o600)   # read as root, before the switch
+        log = tmp_path / "inetd.log"
+        client, conn = inetd_connection()
+        with client, running([*SOCKD, "--inetd", "-c", str(conf), "--log", str(log),
+                              "--user", "nobody"], stdin=conn, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE) as proc:
+            conn.close()
+            client.sendall(b"\x04\x01" + struct.pack(">H", echo_server)
+                           + socket.inet_aton("127.0.0.1") + b"inetd-user\x00")
+            assert recv_exactly(client, 8)[:2] == b"\x00\x5a"
+            client.sendall(b"as nobody")
+            assert recv_exactly(client, 9) == b"as nobody"
+            assert uid_of(proc.pid) == [str(NOBODY)] * 4     # the session itself
+            client.close()
+            assert proc.wait(15) == 0, proc.stderr.read()
+        assert (shared / "uid").read_text().strip() == str(NOBODY)   # and its hook
+        assert re.search(r"terminated -- Connect from inetd-user\(unknown\)@127\.0\.0\.1",
+                         log.read_text())
+    finally:
+        shutil.rmtree(shared)
+
+
+def test_inetd_with_an_unknown_user_exits_3(conf, tmp_path):
+    client, conn = inetd_connection()
+    with client, conn:
+        out = run_sockd("--inetd", "-c", conf, "--log", tmp_path / "l.log", "--user",
+                        "no-such-user-here", stdin=conn)
+    assert out.returncode == 3, out
+    assert out.stderr == "sockd: no such user: no-such-user-here\n"
+
+
+def test_explicit_inetd_serves_a_connected_tcp_socket(conf, tmp_path, echo_server):
+    log = tmp_path / "inetd.log"
+    client, conn = inetd_connection()
+    with client, running([*SOCKD, "--inetd", "-c", str(conf), "--log", str(log)], stdin=conn,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        conn.close()
+        client.sendall(b"\x05\x01\x00")
+        assert recv_exactly(client, 2) == b"\x05\x00"
+        client.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                       + struct.pack(">H", echo_server))
+        assert recv_exactly(client, 10)[:2] == b"\x05\x00"
+        client.sendall(b"explicit")
+        assert recv_exactly(client, 8) == b"explicit"
+        client.close()
+        assert proc.wait(15) == 0, proc.stderr.read()
+    assert re.search(r"terminated -- Connect from -\(unknown\)@127\.0\.0\.1", log.read_text())
+
+
+def test_without_inetd_a_socketpair_on_stdin_does_not_mean_inetd(conf, tmp_path, echo_server):
+    port = free_port()
+    log = tmp_path / "s.log"
+    a, b = socket.socketpair()
+    with a, b, running([*SOCKD, "-f", "--log", str(log), "-c", str(conf),
+                        "-l", f"127.0.0.1:{port}", "--min-spare", "1", "--max-spare", "2"],
+                       stdin=a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        wait_until(lambda: "started -- " in log.read_text() if log.exists() else False, 15,
+                   "the standalone server to start")
+        wait_until(lambda: _serves(port, echo_server), 15, "the standalone server to serve")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def _serves(port: int, echo_port: int) -> bool:
+    try:
+        echo_through(port, echo_port)
+    except OSError:
+        return False
+    return True
 
 
 # -- hook values (item 2) ------------------------------------------------------------------------
