@@ -254,12 +254,19 @@ def serve_standalone(settings: Settings, ruleset, passwords) -> int:
                 log.error("error -- cannot write the pid file %s: %s", settings.pidfile,
                           _reason(exc))
             return EXIT_CONFIG
-    if not settings.foreground:
-        _detach(socks, pid_fd)
+    ready = None if settings.foreground else _detach(socks, pid_fd)
     if pid_fd is not None:
-        write_pid(pid_fd)   # after detaching: the pid is the daemon's
+        try:
+            write_pid(pid_fd)   # after detaching: the pid is the daemon's
+        except OSError as exc:
+            log.error("error -- cannot write the pid file %s: %s", settings.pidfile,
+                      _reason(exc))
+            return EXIT_CONFIG
     log.info("started -- sockd %s, pid %d, listening on %s", __version__, os.getpid(),
              ", ".join(listeners.describe(s) for s in socks))
+    if ready is not None:
+        os.write(ready, b"ready")
+        os.close(ready)
     try:
         return Master(settings, ruleset, socks, passwords).run()
     finally:
@@ -278,13 +285,25 @@ def write_pid(fd: int) -> None:
         os.close(fd)
 
 
-def _detach(socks, pid_fd: int | None) -> None:
-    """Become a daemon (python-daemon), keeping the listeners, the log and the pid file open."""
+def _detach(socks, pid_fd: int | None) -> int:
+    """Become a daemon (python-daemon), keeping the listeners, the log and the pid file open.
+
+    The starting command waits until the daemon writes "ready" to the pipe whose end this
+    returns (after its pid file is written), so that a script that starts sockd finds the
+    daemon's pid in the pid file; it exits 0 then, or 1 if the daemon ended first.
+    """
     import daemon
 
-    keep = [s.fileno() for s in socks] + sockd_log.handler_fds()
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    if os.fork() > 0:                       # the starting command
+        os.close(ready_w)
+        word = os.read(ready_r, 16)         # b"" when the daemon is gone without a word
+        os._exit(0 if word == b"ready" else EXIT_CONFIG)
+    os.close(ready_r)
+    keep = [s.fileno() for s in socks] + sockd_log.handler_fds() + [ready_w]
     if pid_fd is not None:
         keep.append(pid_fd)
     context = daemon.DaemonContext(files_preserve=keep, working_directory="/", umask=0o022,
                                    signal_map={}, detach_process=True)
     context.open()
+    return ready_w

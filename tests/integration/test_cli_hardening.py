@@ -34,7 +34,11 @@ NOBODY = 65534
 def run_sockd(*args, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
     """sockd run to its end, bounded in time."""
     kw.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run([*SOCKD, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+    kw.setdefault("cwd", ROOT)
+    if kw["cwd"] != ROOT:       # the sockd package still comes from ROOT
+        path = os.environ.get("PYTHONPATH")
+        kw.setdefault("env", dict(os.environ, PYTHONPATH=f"{ROOT}:{path}" if path else str(ROOT)))
+    return subprocess.run([*SOCKD, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, **kw)
 
 
@@ -287,3 +291,130 @@ def test_a_userid_cannot_make_a_hook_write_outside_its_directory(sockd, echo_ser
     created = sorted(p for p in top.rglob("*") if p.is_file())
     assert created == [logs / "_._.._x.log"]
     assert not (top / "x.log").exists()
+
+
+# -- pid file and log file (items 4 and 7) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlink_as_pid_file_is_refused(conf, tmp_path, detach, dangling):
+    target = tmp_path / "precious"
+    if not dangling:
+        target.write_text("precious\n")
+    link = tmp_path / "sockd.pid"
+    link.symlink_to(target)
+    out = run_sockd(*([] if detach else ["-f"]), "--log", tmp_path / "l.log", "-c", conf,
+                    "-l", f"127.0.0.1:{free_port()}", "--pidfile", link)
+    assert out.returncode == 1, out
+    assert out.stderr == (f"sockd: cannot write the pid file {link}: "
+                          "a symbolic link (not followed)\n")
+    assert link.is_symlink()
+    if dangling:
+        assert not target.exists()
+    else:
+        assert target.read_text() == "precious\n"
+    assert "Traceback" not in (tmp_path / "l.log").read_text()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlink_as_log_file_is_refused(conf, tmp_path, dangling):
+    target = tmp_path / "precious"
+    if not dangling:
+        target.write_text("precious\n")
+    link = tmp_path / "sockd.log"
+    link.symlink_to(target)
+    out = run_sockd("-f", "--log", link, "-c", conf, "-l", f"127.0.0.1:{free_port()}")
+    assert out.returncode == 2, out
+    assert out.stderr == f"sockd: cannot log to {link}: a symbolic link (not followed)\n"
+    if dangling:
+        assert not target.exists()
+    else:
+        assert target.read_text() == "precious\n"
+
+
+def test_a_pid_file_that_cannot_be_created_fails_before_detaching(conf, tmp_path):
+    pidfile = tmp_path / "no-such-dir" / "sockd.pid"
+    port = free_port()
+    out = run_sockd("--log", tmp_path / "l.log", "-c", conf, "-l", f"127.0.0.1:{port}",
+                    "--pidfile", pidfile)
+    assert out.returncode == 1, out
+    assert out.stderr == (f"sockd: cannot write the pid file {pidfile}: "
+                          "No such file or directory\n")
+    assert "error -- cannot write the pid file" in (tmp_path / "l.log").read_text()
+    with socket.socket() as s:      # nothing was left behind holding the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
+def test_detaching_with_a_pid_file(conf, tmp_path, echo_server):
+    pidfile = tmp_path / "run" / "sockd.pid"
+    pidfile.parent.mkdir()
+    log = tmp_path / "d.log"
+    port = free_port()
+    out = run_sockd("--log", log, "-c", conf, "-l", f"127.0.0.1:{port}", "--pidfile", pidfile,
+                    "--min-spare", "1", "--max-spare", "2")
+    assert out.returncode == 0, out     # the starting command returned: the daemon runs on
+    pid = int(pidfile.read_text())
+    try:
+        assert oct(pidfile.stat().st_mode & 0o777) == oct(0o644)
+        assert alive(pid)
+        wait_until(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(
+            b"sockd: master"), 10, "the pid file to name the master")
+        wait_until(lambda: "started -- sockd " in log.read_text(), 10, "started")
+        assert re.search(rf"sockd\[{pid}\]: started -- sockd .*, pid {pid}, ", log.read_text())
+        assert Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[4] != \
+            str(os.getsid(0))       # a session of its own, away from ours
+        wait_until(lambda: _serves(port, echo_server), 15, "the daemon to serve")
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), 15, "the daemon to stop")
+        wait_until(lambda: not pidfile.exists(), 5, "the pid file to go")
+        assert "stopped -- every session finished" in log.read_text()
+    finally:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_detaching_with_relative_paths_reloads_on_hup(tmp_path, echo_server):
+    # The daemon works in /: files named relative to where it was started must still be found.
+    (tmp_path / "c.conf").write_text(LOOPBACK_RULES)
+    port = free_port()
+    out = run_sockd("--log", "d.log", "-c", "c.conf", "-l", f"127.0.0.1:{port}",
+                    "--pidfile", "sockd.pid", "--min-spare", "1", "--max-spare", "2",
+                    cwd=tmp_path)
+    assert out.returncode == 0, out
+    pid = int((tmp_path / "sockd.pid").read_text())
+    log = tmp_path / "d.log"
+    try:
+        wait_until(lambda: _serves(port, echo_server), 15, "the daemon to serve")
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: "reloaded -- generation 2" in log.read_text(), 10, "the reload")
+        assert "reload failed" not in log.read_text()
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), 15, "the daemon to stop")
+        assert not (tmp_path / "sockd.pid").exists()
+    finally:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_the_log_is_reopened_on_hup(sockd, echo_server):
+    server = sockd()
+    rotated = server.log_path.with_name(server.log_path.name + ".1")
+    echo_through(server.port, echo_server, user=b"before")
+    server.wait_log(r"terminated -- Connect from before")
+    before = set(server.children())
+    server.log_path.rename(rotated)
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"reloaded -- generation 2")       # in a new file at the old path
+    assert "reloaded --" not in rotated.read_text()
+    # The old generation leaves; a session served by the new one logs to the new file.
+    wait_until(lambda: not before & set(server.children()) and server.idle_workers() >= 1, 15,
+               "the old workers to leave")
+    echo_through(server.port, echo_server, user=b"after")
+    server.wait_log(r"terminated -- Connect from after")
+    assert "from after" not in rotated.read_text()
+    assert "from before" in rotated.read_text()
+    assert oct(server.log_path.stat().st_mode & 0o777) == oct(0o644)
