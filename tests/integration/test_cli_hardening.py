@@ -418,3 +418,133 @@ def test_the_log_is_reopened_on_hup(sockd, echo_server):
     assert "from after" not in rotated.read_text()
     assert "from before" in rotated.read_text()
     assert oct(server.log_path.stat().st_mode & 0o777) == oct(0o644)
+
+
+# -- configuration files that are not regular files (item 5) -------------------------------------
+
+
+KINDS = ["/dev/zero", "FIFO", "directory", "oversize"]
+
+
+def not_regular(kind: str, path: Path) -> str:
+    """Make *path* a configuration file of this kind; returns the error sockd must give."""
+    if kind == "/dev/zero":
+        path.symlink_to("/dev/zero")    # a linked file is followed: the device is refused
+        return f"{path}: not a regular file (a character device)"
+    if kind == "FIFO":
+        os.mkfifo(path)
+        return f"{path}: not a regular file (a FIFO)"
+    if kind == "directory":
+        path.mkdir()
+        return f"{path}: not a regular file (a directory)"
+    with open(path, "wb") as f:         # sparse: 16 MiB + 1 that cost no disk
+        f.write(LOOPBACK_RULES.encode())
+        f.truncate(16 * 1024 * 1024 + 1)
+    return f"{path}: larger than 16777216 bytes"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_rules_file_that_is_not_a_regular_file_at_start(kind, tmp_path):
+    path = tmp_path / "sockd.conf"
+    message = not_regular(kind, path)
+    out = run_sockd("-f", "--log", "stderr", "-c", path, "-l", f"127.0.0.1:{free_port()}",
+                    timeout=15)
+    assert out.returncode == 1, out
+    assert out.stderr == f"sockd: {message}\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_rules_file_that_is_not_a_regular_file_under_check(kind, tmp_path):
+    path = tmp_path / "sockd.conf"
+    message = not_regular(kind, path)
+    out = run_sockd("-t", "-c", path, timeout=15)
+    assert out.returncode == 1, out
+    assert out.stderr == f"{message}\n"
+
+
+@pytest.mark.parametrize("option", ["--route", "--passwd"])
+@pytest.mark.parametrize("kind", ["/dev/zero", "FIFO"])
+def test_route_and_password_files_must_be_regular_files_too(option, kind, conf, tmp_path):
+    path = tmp_path / "file"
+    message = not_regular(kind, path)
+    out = run_sockd("-t", "-c", conf, option, path, timeout=15)
+    assert (out.returncode, out.stderr) == (1, f"{message}\n")
+    out = run_sockd("-f", "--log", "stderr", "-c", conf, option, path,
+                    "-l", f"127.0.0.1:{free_port()}", timeout=15)
+    assert (out.returncode, out.stderr) == (1, f"sockd: {message}\n")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_reload_with_a_rules_file_that_is_not_a_regular_file_keeps_the_rules(
+        kind, sockd, echo_server):
+    server = sockd()
+    server.conf.unlink()
+    message = not_regular(kind, server.conf)
+    server.signal(signal.SIGHUP)
+    server.wait_log(re.escape(f"error -- reload failed, the rules in force stay: {message}"))
+    assert not server.lines(r"reloaded -- ")
+    echo_through(server.port, echo_server)     # the master is not stuck, the rules stay
+    server.signal(signal.SIGUSR1)              # and it still answers signals
+    server.wait_log(r"status -- \d+ workers")
+
+
+# -- escaped configuration errors (item 6) -------------------------------------------------------
+
+
+HOSTILE_RULES = b"permit\x1b[2J\x07\xff\xfe 127.0.0.0/8\n"
+ESCAPED = "unknown action 'permit\\x1b[2J\\x07\\xff\\xfe' (expected allow, permit or deny)"
+
+
+def test_a_hostile_token_is_escaped_under_check(tmp_path):
+    path = tmp_path / "sockd.conf"
+    path.write_bytes(HOSTILE_RULES)
+    out = run_sockd("-t", "-c", path)
+    assert out.returncode == 1
+    assert out.stderr == f"{path}:1: {ESCAPED}\n"
+
+
+def test_a_hostile_token_is_escaped_at_start(tmp_path):
+    path = tmp_path / "sockd.conf"
+    path.write_bytes(HOSTILE_RULES)
+    log = tmp_path / "l.log"
+    out = subprocess.run([*SOCKD, "-f", "--log", str(log), "-c", str(path),
+                          "-l", f"127.0.0.1:{free_port()}"], cwd=ROOT, capture_output=True,
+                         timeout=20, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1
+    assert out.stderr == f"sockd: {path}:1: {ESCAPED}\n".encode()
+    assert f"error -- {path}:1: {ESCAPED}\n".encode() in log.read_bytes()
+
+
+def test_a_hostile_file_name_is_escaped(tmp_path):
+    path = tmp_path / "bad\x1bname\nx.conf"
+    path.write_text("permti 127.0.0.0/8\n")
+    out = run_sockd("-t", "-c", path)
+    assert out.returncode == 1
+    assert out.stderr == (f"{tmp_path}/bad\\x1bname\\x0ax.conf:1: unknown action 'permti' "
+                          "(expected allow, permit or deny)\n")
+
+
+def test_a_hostile_token_reaches_syslog_escaped(rsyslog, tmp_path):  # noqa: F811
+    sock, messages = rsyslog
+    path = tmp_path / "sockd.conf"
+    path.write_bytes(HOSTILE_RULES)
+    out = run_sockd("-f", "--log", "syslog", "--syslog-address", sock, "-c", path,
+                    "-l", f"127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    line = wait_until(lambda: messages.exists() and next(
+        (x for x in messages.read_text().splitlines() if "error -- " in x), None), 10,
+        "the error in syslog")
+    assert line.endswith(f"error -- {path}:1: {ESCAPED}"), line
+    assert line.startswith("daemon.err sockd[")
+
+
+def test_a_hostile_token_on_reload_reaches_syslog(rsyslog, sockd, tmp_path):  # noqa: F811
+    sock, messages = rsyslog
+    server = sockd(args=["--log", "syslog", "--syslog-address", str(sock)])
+    server.conf.write_bytes(HOSTILE_RULES)
+    os.kill(server.pid, signal.SIGHUP)
+    line = wait_until(lambda: messages.exists() and next(
+        (x for x in messages.read_text().splitlines() if "reload failed" in x), None), 10,
+        "the reload error in syslog")
+    assert line.endswith(f"error -- reload failed, the rules in force stay: "
+                         f"{server.conf}:1: {ESCAPED}"), line
