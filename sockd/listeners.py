@@ -81,18 +81,41 @@ def default_listeners() -> list[socket.socket]:
 
 
 def systemd_listeners() -> list[socket.socket] | None:
-    """The sockets systemd passed us (LISTEN_FDS), or None when it passed none."""
+    """The sockets systemd passed us (LISTEN_FDS), or None when it passed none.
+
+    Raises ListenError when a descriptor it names is not a listening stream socket.
+    """
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return None
-    count = int(os.environ.get("LISTEN_FDS", "0"))
+    count = os.environ.get("LISTEN_FDS", "0")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
+    if not count.isdigit():
+        raise ListenError(f"systemd passed a bad LISTEN_FDS ({count!r})")
     socks = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        sock = socket.socket(fileno=fd)
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        sock = _listening_socket(fd)
+        if sock is None:
+            for other in socks:
+                other.close()
+            raise ListenError(f"systemd passed descriptor {fd}, which is not a listening socket")
         sock.setblocking(False)
         socks.append(sock)
     return socks or None
+
+
+def _listening_socket(fd: int) -> socket.socket | None:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    if sock.type != socket.SOCK_STREAM or \
+            not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        return None
+    return sock
 
 
 def stdin_is_connection() -> bool:

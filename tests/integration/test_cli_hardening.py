@@ -548,3 +548,158 @@ def test_a_hostile_token_on_reload_reaches_syslog(rsyslog, sockd, tmp_path):  # 
         "the reload error in syslog")
     assert line.endswith(f"error -- reload failed, the rules in force stay: "
                          f"{server.conf}:1: {ESCAPED}"), line
+
+
+# -- start-up paths nothing else exercised (item 8) ----------------------------------------------
+
+
+def test_foreground_without_log_logs_to_stderr(conf, echo_server):
+    port = free_port()
+    with running([*SOCKD, "-f", "-c", str(conf), "-l", f"127.0.0.1:{port}", "--min-spare", "1",
+                  "--max-spare", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                 text=True) as proc:
+        stderr = Lines(proc.stderr)
+        stderr.wait(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d sockd\[{proc.pid}\]: started -- sockd "
+                    rf".*listening on 127\.0\.0\.1:{port}$")
+        wait_until(lambda: _serves(port, echo_server), 15, "sockd to serve")
+        stderr.wait(r"sockd\[\d+\]: terminated -- Connect from tester\(unknown\)@127\.0\.0\.1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        stderr.thread.join(10)
+        stderr.wait(r"stopped -- every session finished")
+        assert not any("Traceback" in line for line in stderr.lines)
+
+
+# Loopback clients of both families to IPv4 loopback destinations, nothing else.
+BOTH_FAMILIES_RULES = LOOPBACK_RULES.replace("permit ::1/128 ::1/128",
+                                             "permit ::1/128 ::1/128\npermit ::1/128 127.0.0.0/8")
+
+
+def test_repeated_listen_options_all_serve(sockd, echo_server):
+    ports = [free_port(), free_port("::1")]
+    server = sockd(rules=BOTH_FAMILIES_RULES,
+                   args=["-l", f"127.0.0.1:{ports[0]}", "-l", f"[::1]:{ports[1]}"])
+    server.wait_log(rf"started -- .*listening on 127\.0\.0\.1:{ports[0]}, \[::1\]:{ports[1]}$")
+    echo_through(ports[0], echo_server, user=b"four")
+    echo_through(ports[1], echo_server, user=b"six", host="::1")
+    server.wait_log(r"terminated -- Connect from four\(unknown\)@127\.0\.0\.1")
+    server.wait_log(r"terminated -- Connect from six\(unknown\)@::1")
+
+
+def only_loopback_here() -> None:
+    """The default listener binds every interface: run it only where lo is the only one."""
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10,
+                           check=True).stdout.splitlines()
+    names = [line.split(":")[1].strip().split("@")[0] for line in links]
+    assert names == ["lo"], (f"not inside a private network namespace (interfaces {names}): "
+                             "run the tests with `make test` (unshare --net)")
+
+
+def test_the_default_listener_is_every_interface_on_the_socks_port(tmp_path, echo_server):
+    only_loopback_here()
+    conf = tmp_path / "c.conf"
+    conf.write_text(BOTH_FAMILIES_RULES)
+    assert socket.getservbyname("socks", "tcp") == 1080
+    log = tmp_path / "d.log"
+    with running([*SOCKD, "-f", "--log", str(log), "-c", str(conf), "--min-spare", "1",
+                  "--max-spare", "2"], stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE) as proc:
+        wait_until(lambda: log.exists() and "started -- " in log.read_text(), 15, "start")
+        assert re.search(r"started -- .*listening on \[::\]:1080$", log.read_text(), re.M)
+        wait_until(lambda: _serves(1080, echo_server), 15, "sockd to serve on 1080")
+        echo_through(1080, echo_server, host="::1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+# What systemd does before it runs the service: the socket on descriptor 3, LISTEN_PID the pid
+# of the program (exec keeps it), LISTEN_FDS the count.
+SYSTEMD_EXEC = """\
+import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+if fd != 3:
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.executable, [sys.executable, "-m", "sockd", *sys.argv[2:]])
+"""
+
+
+def systemd_argv(fd: int, *args) -> list[str]:
+    """sockd started as systemd does, with *fd* as its one listener."""
+    return [sys.executable, "-c", SYSTEMD_EXEC, str(fd), *map(str, args)]
+
+
+def test_systemd_socket_activation(tmp_path, echo_server):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        fd = os.dup(listener.fileno())
+    ignored = free_port()
+    log = tmp_path / "s.log"
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"permit 127.0.0.0/8 127.0.0.0/8 : env > {tmp_path}/hook.env\n")
+    with running(systemd_argv(fd, "-f", "--log", log, "-c", conf, "-l", f"127.0.0.1:{ignored}",
+                              "--min-spare", "1", "--max-spare", "2"),
+                 pass_fds=(fd,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        os.close(fd)        # sockd's copy is the only one left
+        wait_until(lambda: log.exists() and "started -- " in log.read_text(), 15, "start")
+        assert re.search(rf"started -- sockd .*, pid {proc.pid}, listening on "
+                         rf"127\.0\.0\.1:{port}$", log.read_text(), re.M)
+        echo_through(port, echo_server)
+        with pytest.raises(ConnectionRefusedError):     # -l is ignored under systemd
+            socket.create_connection(("127.0.0.1", ignored), timeout=5).close()
+        env = wait_until(lambda: (tmp_path / "hook.env").exists()
+                         and (tmp_path / "hook.env").read_text(), 10, "the hook's environment")
+        assert "PATH=" in env and "LISTEN_" not in env
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def test_systemd_passing_no_socket_is_an_error_not_a_traceback(conf, tmp_path):
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        out = subprocess.run(systemd_argv(fd, "-f", "--log", "stderr", "-c", conf), cwd=ROOT,
+                             pass_fds=(fd,), capture_output=True, text=True, timeout=20)
+    finally:
+        os.close(fd)
+    assert out.returncode == 3, out
+    assert out.stderr == "sockd: systemd passed descriptor 3, which is not a listening socket\n"
+
+
+def test_route_and_password_errors_under_check(conf, tmp_path):
+    routes = tmp_path / "sockd.route"
+    routes.write_text("# interface destination\n127.0.0.1 127.0.0.0/8\n10.0.0.1\n")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:secret\nbob\n")
+    out = run_sockd("-t", "-c", conf, "--route", routes, "--passwd", passwd)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"{routes}:3: interface address '10.0.0.1' has no destination",
+        f"{passwd}:2: expected user:password",
+    ]
+    out = run_sockd("-f", "--log", "stderr", "-c", conf, "--passwd", passwd,
+                    "-l", f"127.0.0.1:{free_port()}")
+    assert (out.returncode, out.stderr) == (1, f"sockd: {passwd}:2: expected user:password\n")
+    out = run_sockd("-f", "--log", "stderr", "-c", conf, "--route", routes,
+                    "-l", f"127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    assert out.stderr == f"sockd: {routes}:3: interface address '10.0.0.1' has no destination\n"
+
+
+def test_hup_rereads_the_password_file(sockd, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:secret\n")
+    server = sockd(args=["--passwd", str(passwd)])
+    assert socks5_password_status(server.port, b"alice", b"secret") == 0
+    assert socks5_password_status(server.port, b"bob", b"hunter2") != 0
+    passwd.write_text("alice:secret\nbob:hunter2\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"reloaded -- generation 2")
+    # A worker of the old generation may still take one last client: poll, bounded.
+    wait_until(lambda: socks5_password_status(server.port, b"bob", b"hunter2") == 0, 10,
+               "bob to be let in after the reload")
+    passwd.write_text("bob:hunter2\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"reloaded -- generation 3")
+    wait_until(lambda: socks5_password_status(server.port, b"alice", b"secret") != 0, 10,
+               "alice to be refused after the second reload")
