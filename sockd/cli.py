@@ -249,18 +249,16 @@ def serve_standalone(settings: Settings, ruleset, passwords) -> int:
         except OSError as exc:
             for sock in socks:
                 sock.close()
-            _say(f"cannot write the pid file {settings.pidfile}: {_reason(exc)}")
-            if settings.log != "stderr":
-                log.error("error -- cannot write the pid file %s: %s", settings.pidfile,
-                          _reason(exc))
-            return EXIT_CONFIG
+            return _fail(settings, f"cannot write the pid file {settings.pidfile}: "
+                         f"{_reason(exc)}", EXIT_CONFIG)
     ready = None if settings.foreground else _detach(socks, pid_fd)
     if pid_fd is not None:
         try:
             write_pid(pid_fd)   # after detaching: the pid is the daemon's
-        except OSError as exc:
+        except OSError as exc:  # (a full disk): the starting command sees the daemon end
             log.error("error -- cannot write the pid file %s: %s", settings.pidfile,
                       _reason(exc))
+            _remove(settings.pidfile)
             return EXIT_CONFIG
     log.info("started -- sockd %s, pid %d, listening on %s", __version__, os.getpid(),
              ", ".join(listeners.describe(s) for s in socks))
@@ -271,10 +269,14 @@ def serve_standalone(settings: Settings, ruleset, passwords) -> int:
         return Master(settings, ruleset, socks, passwords).run()
     finally:
         if settings.pidfile:
-            try:
-                os.unlink(settings.pidfile)
-            except OSError:
-                pass
+            _remove(settings.pidfile)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def write_pid(fd: int) -> None:
