@@ -35,6 +35,7 @@ import signal
 import socket
 import time
 
+from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd import pool, proctitle, route, rules
 from sockd.scoreboard import Scoreboard, Slot, State
@@ -146,6 +147,7 @@ class Master:
         """Nothing: the loop reaps after every wake-up."""
 
     def handle_hup(self) -> None:
+        sockd_log.reopen()  # first: after log rotation, every line from here on is in the new file
         if self.stop_deadline is not None:
             log.info("reload ignored -- the server is stopping")
             return

@@ -39,11 +39,14 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from sockd.log import escape_text
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], IPAddress]
 
 MAX_LINE = 1023                 # sockd.conf(5): "Lines ... may be up to 1023 characters long"
 MAX_USER_FILE = 10 * 1024 * 1024
+MAX_CONFIG = 16 * 1024 * 1024   # the largest rules, route or password file sockd reads
 NETWORKS_FILE = "/etc/networks"
 
 ACTIONS = {"allow": "allow", "permit": "allow", "deny": "deny"}
@@ -52,7 +55,15 @@ OPERATORS = ("eq", "neq", "lt", "le", "gt", "ge")
 
 class ConfigError(Exception):
     """An error in a rules file; ``str(e)`` is ``FILE:LINE: message`` (``FILE: message`` when the
-    error concerns the whole file, then ``line`` is None)."""
+    error concerns the whole file, then ``line`` is None).
+
+    ``str(e)`` is escaped whole (`sockd.log.escape_text`, the file's bytes as read in
+    ``encoding``): a message quotes tokens of the file, and a control byte or invalid UTF-8 in
+    one must reach neither the terminal nor the log (where an undecodable one made the syslog
+    line vanish).  ``file`` and ``message`` keep the raw text.
+    """
+
+    encoding = "utf-8"
 
     def __init__(self, file: str, line: int | None, message: str) -> None:
         self.file = file
@@ -62,11 +73,11 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         if self.line is None:
-            return f"{self.file}: {self.message}"
-        return f"{self.file}:{self.line}: {self.message}"
+            return escape_text(f"{self.file}: {self.message}", self.encoding)
+        return escape_text(f"{self.file}:{self.line}: {self.message}", self.encoding)
 
     def __reduce__(self):
-        return (ConfigError, (self.file, self.line, self.message))
+        return (type(self), (self.file, self.line, self.message))
 
 
 class FieldError(Exception):
@@ -334,11 +345,52 @@ def _no_resolver(name: str) -> IPAddress:
 def read_config(path: str) -> tuple[str | None, list[ConfigError]]:
     """The text of a configuration file, or the error that says why it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return None, [ConfigError(path, None, f"cannot read: {e.strerror or e}")]
+        data = read_regular_file(path)
+    except ConfigError as e:
+        return None, [e]
     return data.decode("utf-8", "surrogateescape"), []
+
+
+def read_regular_file(path: str, limit: int = MAX_CONFIG) -> bytes:
+    """The bytes of a configuration file, which must be a regular file of at most ``limit``
+    bytes; else `ConfigError` (``FILE: message``).
+
+    ``-c /dev/zero`` must not fill the memory, nor a FIFO hang the server (at start or on HUP):
+    the file is opened non-blocking, checked with fstat (the file opened, not a name that may
+    change), and read up to ``limit + 1`` bytes.  Symbolic links are followed: a linked
+    configuration file is normal.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
+    except ValueError:
+        raise ConfigError(path, None, "cannot read: bad file name") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(path, None, f"not a regular file ({_file_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(limit + 1 - size, 1 << 20))):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError(path, None, f"larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "of an unknown kind"
 
 
 def _load(path: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:
@@ -477,9 +529,12 @@ def resolve_address(token: str, resolver: Resolver) -> IPAddress:
         return ipaddress.IPv4Address(number)
     if ":" in token:
         try:
-            return unmapped(ipaddress.IPv6Address(token))
+            address = ipaddress.IPv6Address(token)
         except ValueError:
             raise FieldError(f"bad address '{token}'") from None
+        if address.ipv4_mapped is not None:
+            raise FieldError(_mapped_message(token, address.ipv4_mapped, None))
+        return address
     if not _HOSTNAME.fullmatch(token):
         raise FieldError(f"bad address '{token}'")
     try:
@@ -667,15 +722,24 @@ def _single_token_address(token: str) -> AddressMatch | None:
     if not (length.isascii() and length.isdigit() and int(length) <= bits):
         raise FieldError(f"bad address '{token}'")
     prefix = int(length)
+    if version == 6 and prefix >= 96 and number >> 32 == 0xFFFF:
+        raise FieldError(_mapped_message(token, ipaddress.IPv4Address(number & 0xFFFFFFFF),
+                                         prefix - 96))
     mask = (1 << bits) - (1 << (bits - prefix))
     if number & ~mask:
         # Not a broader rule than written: 10.0.0.1/8 may have meant 10.0.0.1/32.
         network = ipaddress.ip_network((number & mask, prefix) if version == 4 else
                                        (ipaddress.IPv6Address(number & mask), prefix))
         raise FieldError(f"host bits set in '{token}' (did you mean {network}?)")
-    if version == 6 and prefix >= 96 and number >> 32 == 0xFFFF:
-        return AddressMatch(4, number & 0xFFFFFFFF, mask & 0xFFFFFFFF, token)   # ::ffff:a.b.c.d
     return AddressMatch(version, number, mask, token)
+
+
+def _mapped_message(token: str, ipv4: ipaddress.IPv4Address, prefix: int | None) -> str:
+    """An IPv4-mapped address (::ffff:0:0/96) in a rule is refused rather than read as IPv4:
+    ``::ffff:0.0.0.0/96`` became ``0.0.0.0/0``, whose zero mask matches every IPv6 client too.
+    Clients and destinations in that form are still judged as IPv4 (`unmapped`)."""
+    ipv4_form = f"{ipv4}" if prefix is None else f"{ipv4}/{prefix}"
+    return f"IPv4-mapped address '{token}': write the IPv4 form {ipv4_form} instead"
 
 
 def _refuse_ipv6_mask(tokens: list[str]) -> None:
