@@ -198,9 +198,9 @@ class Session:
             try:
                 destination.host_name(host)
             except destination.InvalidName as exc:
-                self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
                 log.info("error -- invalid host name '%s' (%s) from host %s session=%s",
                          escape(host), exc, self.peer, self.id)
+                self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
                 raise SessionEnd from None
             self.target = resolver.numeric(host)
         else:
@@ -219,8 +219,8 @@ class Session:
         self._story = None   # the rule is known now
         if not self.decision.allowed:
             self._run_rule_hook()
-            self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             log.info("refused -- %s", self.story())
+            self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             raise SessionEnd
 
     def check_ident(self) -> None:
@@ -242,20 +242,20 @@ class Session:
             claimed = self._claimed_user()
             if claimed is not None and claimed != answer.user:
                 self._run_hook(self.rules.bad_id)
-                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
-                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
                 log.info("refused -- %s", self.story())
                 log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
                          escape(claimed) or "-", self.id)
+                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
+                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
                 raise SessionEnd
             self._run_rule_hook()
             return
         self._run_hook(self.rules.no_identd)
         if policy is IdentPolicy.STRICT:
+            log.info("refused -- %s", self.story())
             self._send(self.handshake.reply(Socks4Reply.NO_IDENTD)
                        if self.request.version == 4
                        else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
-            log.info("refused -- %s", self.story())
         log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
                  self.id)
         if policy is IdentPolicy.STRICT:
@@ -277,8 +277,8 @@ class Session:
         return self.user if self.authenticated else None
 
     def refuse_command(self) -> None:
-        self._send(self.handshake.failure_reply(Socks5Reply.COMMAND_NOT_SUPPORTED))
         log.info("failed -- %s. Error: command not supported", self.story())
+        self._send(self.handshake.failure_reply(Socks5Reply.COMMAND_NOT_SUPPORTED))
         raise SessionEnd
 
     def connect(self) -> socket.socket:
@@ -339,8 +339,8 @@ class Session:
             else:
                 self.peer_seen = format_host(unmapped(address), bound_port)
             self._story = None
-            self._send(self.handshake.reply(self._granted(), address, bound_port))
             log.info("connected -- %s", self.story())
+            self._send(self.handshake.reply(self._granted(), address, bound_port))
             self.status.relaying(escape(self.user, 32),
                                  f"{COMMAND_WORDS[self.request.command]} {self.dest()} "
                                  f"({service_name(self.request.port)})")
@@ -451,9 +451,9 @@ class Session:
             try:
                 event = self.handshake.next_event()
             except ProtocolError as exc:
+                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
                 if exc.reply:
                     self._send(exc.reply)
-                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
                 raise SessionEnd from None
             if event is not protocol.NEED_DATA:
                 return event
@@ -507,9 +507,9 @@ class Session:
             method = Method.NO_ACCEPTABLE
         self._hold(self.handshake.choose_method(method))
         if method is Method.NO_ACCEPTABLE:
-            self._send(b"")
             log.info("error -- no acceptable authentication method from host %s session=%s",
                      self.peer, self.id)
+            self._send(b"")
             raise SessionEnd
 
     def _authenticate(self, credentials: protocol.UsernamePassword) -> None:
@@ -518,15 +518,15 @@ class Session:
         self._hold(self.handshake.auth_result(ok))
         self.user = credentials.username
         if not ok:
-            self._send(b"")
             log.info("error -- authentication failed for user %s from host %s session=%s",
                      escape(credentials.username), self.peer, self.id)
+            self._send(b"")
             raise SessionEnd
         self.authenticated = True
 
     def _fail(self, code: Socks5Reply, detail: str) -> None:
-        self._send(self.handshake.failure_reply(code))
         log.info("failed -- %s. %s", self.story(), detail)
+        self._send(self.handshake.failure_reply(code))
         raise SessionEnd
 
     def _granted(self) -> int:
@@ -586,9 +586,9 @@ class Session:
             conn.close()
             log.info("refused -- %s. Error: connection from wrong host %s",
                      self.story(), format_host(peer, address[1]))
-        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         log.info("timed-out -- %s: no connection after %g s", self.story(),
                  self.settings.bind_timeout)
+        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         raise SessionEnd
 
     def _expected_peer(self, peer: resolver.IPAddress, expected: resolver.IPAddress) -> bool:
@@ -601,15 +601,15 @@ class Session:
 
     def _refuse(self, why: str) -> None:
         """Refused before any rule: SOCKS5 0x02, SOCKS4 91."""
-        self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
         log.info("refused -- %s. Error: %s", self.story(), why)
+        self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
         raise SessionEnd
 
     def _time_out(self, what: str) -> None:
         """Resolving and connecting ran past --connect-timeout."""
-        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         log.info("timed-out -- %s: %s after %g s", self.story(), what,
                  self.settings.connect_timeout)
+        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         raise SessionEnd
 
     def _run_rule_hook(self) -> None:

@@ -155,6 +155,7 @@ class Worker(Status):
                 return
             self.board.heartbeat(self.index, time.time())
             if not events:
+                self.hook_runner.reap()     # hooks of the last session may finish while idle
                 self._rearm()
             for fd, _ in events:
                 if fd == self.wake_r:

@@ -583,7 +583,7 @@ def test_repeated_listen_options_all_serve(sockd, echo_server):
     echo_through(ports[0], echo_server, user=b"four")
     echo_through(ports[1], echo_server, user=b"six", host="::1")
     server.wait_log(r"terminated -- Connect from four\(unknown\)@127\.0\.0\.1")
-    server.wait_log(r"terminated -- Connect from six\(unknown\)@::1")
+    server.wait_log(r"terminated -- Connect from six\(unknown\)@\[::1\]:\d+ ")
 
 
 def only_loopback_here() -> None:
