@@ -22,6 +22,7 @@ TICK = 1.0                   # seconds between calls of on_tick
 PUMP_ROUNDS = 8              # reads in a row for one direction before looking around
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _RESET = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
           errno.ENETUNREACH, errno.ECONNABORTED)
 
@@ -72,10 +73,11 @@ class _Direction:
     """One way of the relay: bytes read from *src*, parked in a pipe, written to *dst*."""
 
     __slots__ = ("count", "dst", "eof", "full", "held", "pipe", "pipe_r", "pipe_w", "room",
-                 "shut", "src")
+                 "shut", "src", "src_sock")
 
     def __init__(self, src: socket.socket, dst: socket.socket) -> None:
         self.src, self.dst = src.fileno(), dst.fileno()
+        self.src_sock = src
         self.pipe = _take_pipe()
         self.pipe_r, self.pipe_w, self.room = (self.pipe.read_fd, self.pipe.write_fd,
                                                self.pipe.room)
@@ -85,23 +87,54 @@ class _Direction:
         self.eof = False
         self.shut = False
 
-    def fill(self) -> int:
+    def fill(self, readable: bool = False) -> int:
         """Read what the source has into the pipe; notice its end of file.
 
-        Returns the bytes read, 0 at end of file, -1 when nothing could be read.
+        *readable* says select() has just reported the source readable, so
+        that a read of nothing means an urgent mark (or the end of file)
+        rather than a source gone dry.  Returns the bytes read, 0 at end of
+        file, -1 when nothing could be read.
         """
         try:
             n = os.splice(self.src, self.pipe_w, CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
+            if readable and not self.held:
+                return self.step_over_mark()
             # The pipe can run out of buffer slots before it runs out of bytes
             # (one slot per received segment): wait for a drain, do not spin.
             self.full = self.held > 0
             return -1
         if n == 0:
-            self.eof = True
+            return self.step_over_mark()
         self.held += n
         self.count += n
         return n
+
+    def step_over_mark(self) -> int:
+        """Where splice(2) read nothing: move one byte with recv(2), or see the end of file.
+
+        At an urgent mark the byte is the urgent byte (SO_OOBINLINE): it is
+        peeked, written to the pipe behind what is held, and only then taken
+        from the socket, so a full pipe leaves it where it was.  Reading past
+        it clears the mark and splice(2) moves the rest.  Returns 1, 0 at the
+        end of file, -1 when the byte has to wait.
+        """
+        try:
+            byte = self.src_sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return -1
+        if not byte:
+            self.eof = True
+            return 0
+        try:
+            os.write(self.pipe_w, byte)
+        except BlockingIOError:
+            self.full = self.held > 0
+            return -1
+        self.src_sock.recv(1, socket.MSG_DONTWAIT)
+        self.held += 1
+        self.count += 1
+        return 1
 
     def pump(self) -> None:
         """Read and write again while the source has more and the destination takes it all.
@@ -109,8 +142,8 @@ class _Direction:
         A busy stream then costs one select() per several megabytes, not per
         read; the rounds are bounded so that the other direction gets its turn.
         """
-        for _ in range(PUMP_ROUNDS):
-            got = self.fill()
+        for round_ in range(PUMP_ROUNDS):
+            got = self.fill(readable=round_ == 0)
             if self.held:
                 self.drain()
             if got <= 0 or self.held:
@@ -145,15 +178,18 @@ def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
     """Relay between *client* and *server* until both directions have ended.
 
     Args:
-        client, server: connected stream sockets; made non-blocking here.
+        client, server: connected TCP sockets; made non-blocking, and set to
+            read urgent data inline (SO_OOBINLINE), here.
         idle_timeout: end the relay after this many seconds with no byte moved.
         on_tick: called about once a second; returning False stops the relay.
 
     Returns:
         Stats with the byte counts and the reason the relay ended.
     """
-    client.setblocking(False)
-    server.setblocking(False)
+    for sock in (client, server):
+        sock.setblocking(False)
+        # Urgent bytes (telnet's interrupt, FTP's ABOR) stay in the stream.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
     up = _Direction(client, server)
     down = _Direction(server, client)
     stats = Stats()
