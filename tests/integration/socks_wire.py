@@ -42,13 +42,13 @@ def socks4_connect(proxy_port: int, host: str, port: int, userid: bytes = b"u",
     return sock, reply[1], (socket.inet_ntoa(reply[4:8]), struct.unpack(">H", reply[2:4])[0])
 
 
-def socks5_connect(proxy_port: int, host: str | bytes, port: int,
+def socks5_connect(proxy_port: int, host: str | bytes, port: int, proxy_host: str = "127.0.0.1",
                    ) -> tuple[socket.socket, int, tuple[str, int]]:
     """SOCKS 5 CONNECT, no authentication: the socket, REP, (BND.ADDR, BND.PORT).
 
     *host* is an IPv4 or IPv6 literal (ATYP 1 or 4) or, as bytes, a domain name.
     """
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=TIMEOUT)
+    sock = socket.create_connection((proxy_host, proxy_port), timeout=TIMEOUT)
     sock.sendall(b"\x05\x01\x00")
     assert recv_exact(sock, 2) == b"\x05\x00"
     if isinstance(host, bytes):
