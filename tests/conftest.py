@@ -224,4 +224,4 @@ def http_server(tmp_path):
     wait_until(up, 10, "http.server")
     yield port
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(10)
