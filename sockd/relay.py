@@ -166,6 +166,19 @@ class _Direction:
         _give_back(self.pipe, self.held == 0)
 
 
+def read_urgent_inline(sock: socket.socket) -> None:
+    """Make *sock* read TCP urgent data inline (SO_OOBINLINE).
+
+    Call it before the peer can send bytes that will be relayed: on the
+    client's socket before the request is read, on the outbound socket
+    before connect(2).  A second urgent mark that arrives while the first
+    urgent byte is unread makes the kernel drop that byte unless the socket
+    reads urgent data inline (tcp_check_urg()), so setting it only when the
+    relay starts can be too late.  relay() sets it again; that costs nothing.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+
+
 def _shutdown_write(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_WR)
@@ -179,7 +192,7 @@ def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
 
     Args:
         client, server: connected TCP sockets; made non-blocking, and set to
-            read urgent data inline (SO_OOBINLINE), here.
+            read urgent data inline, here (better: earlier, see read_urgent_inline).
         idle_timeout: end the relay after this many seconds with no byte moved.
         on_tick: called about once a second; returning False stops the relay.
 
@@ -188,8 +201,7 @@ def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
     """
     for sock in (client, server):
         sock.setblocking(False)
-        # Urgent bytes (telnet's interrupt, FTP's ABOR) stay in the stream.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        read_urgent_inline(sock)  # telnet's interrupt, FTP's ABOR stay in the stream
     up = _Direction(client, server)
     down = _Direction(server, client)
     stats = Stats()

@@ -113,27 +113,33 @@ def tcp_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
         near = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
         far, _ = listener.accept()
     far.settimeout(TIMEOUT)
-    for end in (near, far):
-        # The receiving ends read urgent bytes inline, so a byte the relay
-        # passed on as urgent would still be counted where it belongs.
-        end.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
     return near, far
 
 
 def tcp_pairs():
     client_end, proxy_client = tcp_pair()
     proxy_server, server_end = tcp_pair()
+    for end in (client_end, server_end):
+        # The test's ends read urgent bytes inline, so a byte the relay passed
+        # on as urgent would still be counted where it belongs; the relay's
+        # ends are left as accept() and connect() made them.
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
     return client_end, proxy_client, proxy_server, server_end
 
 
 def send_with_urgent_bytes(sock: socket.socket, pieces: list[bytes]) -> bytes:
-    """Send *pieces* with one urgent byte (MSG_OOB) before each; return what was sent."""
+    """Send *pieces*, each followed by one urgent byte (MSG_OOB); return what was sent.
+
+    Data comes first: an urgent byte that reaches the relay's socket before
+    relay() has made it read urgent data inline can be dropped by the kernel
+    (see test_urgent.py), and here relay() runs in a thread just started.
+    """
     sent = bytearray()
     for n, piece in enumerate(pieces):
         urgent = b"!#%&"[n % 4:n % 4 + 1]
-        assert sock.send(urgent, socket.MSG_OOB) == 1
         sock.sendall(piece)
-        sent += urgent + piece
+        assert sock.send(urgent, socket.MSG_OOB) == 1
+        sent += piece + urgent
     return bytes(sent)
 
 
@@ -147,12 +153,12 @@ def test_urgent_data_is_relayed_inline_and_ends_nothing(direction):
     thread, result = run_relay(proxy_client, proxy_server)
     first, second = (client_end, server_end) if direction == "client first" \
         else (server_end, client_end)
-    # An urgent byte first, one mid-stream, and one right before the FIN (the
-    # kernel then reports the urgent mark and the end of file together).
+    # Urgent bytes mid-stream, two in a row, and one right before the FIN
+    # (splice(2) then meets the urgent mark and the end of file together).
     question = send_with_urgent_bytes(first, [b"data before", os.urandom(300000), b""])
     first.shutdown(socket.SHUT_WR)
     assert digest(read_all(second)) == digest(question)      # whole, in order, then EOF
-    answer = send_with_urgent_bytes(second, [b"", os.urandom(200000), b"after"])
+    answer = send_with_urgent_bytes(second, [b"answer", os.urandom(200000), b"after"])
     second.shutdown(socket.SHUT_WR)
     assert digest(read_all(first)) == digest(answer)         # the other way still flows
     thread.join(TIMEOUT)
@@ -190,3 +196,14 @@ def test_urgent_bytes_in_busy_streams_both_ways():
     stats = result["stats"]
     assert (stats.reason, stats.from_client, stats.from_server) == \
         ("eof", len(sent["up"]), len(sent["down"]))
+
+
+def test_relay_reads_urgent_data_inline_on_both_sockets():
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    thread, result = run_relay(proxy_client, proxy_server)
+    client_end.shutdown(socket.SHUT_WR)
+    server_end.shutdown(socket.SHUT_WR)
+    thread.join(TIMEOUT)
+    assert result["stats"].reason == "eof"
+    for sock in (proxy_client, proxy_server):
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE) == 1
