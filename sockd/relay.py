@@ -5,6 +5,17 @@ direction moves through its own kernel pipe with splice(2), so relayed bytes
 never enter Python; the loop only decides who is ready.  An end of file from
 one side becomes shutdown(SHUT_WR) towards the other once everything read
 from it has been written, and the other direction keeps flowing (half-close).
+
+TCP urgent data is relayed inline (SO_OOBINLINE on both sockets, as CSTC sockd
+did): the urgent byte keeps its place in the stream, and a direction ends only
+at a real end of file.  splice(2) cannot read past an urgent mark whatever
+SO_OOBINLINE says (tcp_read_sock() stops there): it fails with EAGAIN, or
+returns 0 once the peer's FIN has come as well.  So a source that select()
+called readable but that gave splice nothing is looked at with recv(2): an
+empty peek is the end of file; otherwise one byte moves through the same pipe
+(keeping its order) and the mark is behind us.  A busy stream never takes that
+path.  read_urgent_inline() is for the caller to set the option on each socket
+before its peer can send: the kernel may drop an urgent byte that comes earlier.
 """
 
 import errno
