@@ -14,8 +14,8 @@ setup(
     python_requires=">=3.11",
     packages=["sockd", "clients"],
     install_requires=["python-daemon>=3.0", "setproctitle>=1.3"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "PySocks>=1.7", "ruff",
-                             "pyftpdlib>=1.5"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "PySocks>=1.7",
+                             "ruff", "pyftpdlib>=1.5"]},
     entry_points={
         "console_scripts": [
             "sockd = sockd.cli:main",
