@@ -20,6 +20,7 @@ exception.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import signal
@@ -30,6 +31,9 @@ from sockd.passwords import DEFAULT_LN, DEFAULT_P, DEFAULT_R, PasswordTable, Scr
 
 DEFAULT_PAM_TIMEOUT = 10.0
 MAX_REPORT = 512            # bytes of the child's one-line report
+# Where libpam looks for a service's stack (Debian's libpam has no vendor directory, others
+# have /usr/lib/pam.d); without one it uses the "other" stack.
+PAM_DIRECTORIES = ("/etc/pam.d", "/usr/lib/pam.d")
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,26 @@ def _converse_in_child(service: str, user: bytes, password: bytes, write_fd: int
     except Exception as e:                      # noqa: BLE001 (reported, not raised)
         report = f"denied {type(e).__name__}"
     os.write(write_fd, printable(report).encode("utf-8")[:MAX_REPORT - 1] + b"\n")
+
+
+def pam_service_problem(service: str) -> str | None:
+    """Why *service* cannot be a PAM service name (a file name in /etc/pam.d), or None."""
+    if not service or service in (".", "..") or "/" in service or \
+            not (service.isascii() and service.isprintable()) or " " in service:
+        return f"not a PAM service name: {service!r}"
+    return None
+
+
+def pam_problems(service: str) -> list[str]:
+    """What `sockd -t` says about ``--pam service``: python-pam missing, no stack for it."""
+    problems = []
+    if importlib.util.find_spec("pam") is None:
+        problems.append("--pam: the python-pam module is not installed (pip install python-pam)")
+    if os.path.isdir(PAM_DIRECTORIES[0]) and \
+            not any(os.path.isfile(os.path.join(d, service)) for d in PAM_DIRECTORIES):
+        problems.append(f"{PAM_DIRECTORIES[0]}/{service}: no such PAM service (PAM would use "
+                        "the 'other' stack); see the sample in share/sockd/init/pam.d/sockd")
+    return problems
 
 
 def printable(text: str) -> str:
