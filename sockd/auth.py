@@ -20,7 +20,6 @@ exception.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import select
 import signal
@@ -28,6 +27,13 @@ import time
 from dataclasses import dataclass
 
 from sockd.passwords import DEFAULT_LN, DEFAULT_P, DEFAULT_R, PasswordTable, ScryptHash
+
+try:
+    # python-pam: imported with this module (in the master, before workers fork and drop
+    # privileges), not in the child of each check
+    import pam
+except ImportError:                             # reported by `sockd -t --pam` and per check
+    pam = None
 
 DEFAULT_PAM_TIMEOUT = 10.0
 MAX_REPORT = 512            # bytes of the child's one-line report
@@ -96,6 +102,8 @@ def pam_check(service: str, user: bytes, password: bytes, timeout: float) -> Aut
     forked child that is killed after *timeout* seconds.  Denied when the child cannot be
     started, reports nothing, or runs out of time."""
     where = f"PAM {service}"
+    if pam is None:
+        return AuthResult(False, f"{where}: the python-pam module is not installed")
     if b"\0" in user or b"\0" in password:
         return AuthResult(False, f"{where}: NUL byte in user name or password")
     try:
@@ -157,12 +165,43 @@ def _read_report(fd: int, timeout: float) -> str | None:
 
 
 def _kill_group(pid: int) -> None:
+    """Kill the child, its process group, and what its modules started in sessions of their
+    own (pam_exec calls setsid), so nothing of a stopped check lives on."""
+    others = _descendants(pid)
     for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
         try:
             kill()
-            return
+            break
         except (ProcessLookupError, PermissionError):
             continue
+    for other in others:
+        try:
+            os.kill(other, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below *pid*, from /proc (empty where there is no /proc)."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    # the fourth field, after the command name (which may hold spaces and ')')
+                    parents[int(entry)] = int(f.read().rpartition(b")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def _reap(pid: int) -> None:
@@ -184,8 +223,6 @@ def _converse_in_child(service: str, user: bytes, password: bytes, write_fd: int
     os.closerange(3, write_fd)
     os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
     try:
-        # python-pam, imported here: only a --pam worker needs it
-        import pam
         authenticator = pam.PamAuthenticator()
         ok = authenticator.authenticate(user, password, service=service, resetcreds=False)
         reason = authenticator.reason
@@ -208,7 +245,7 @@ def pam_service_problem(service: str) -> str | None:
 def pam_problems(service: str) -> list[str]:
     """What `sockd -t` says about ``--pam service``: python-pam missing, no stack for it."""
     problems = []
-    if importlib.util.find_spec("pam") is None:
+    if pam is None:
         problems.append("--pam: the python-pam module is not installed (pip install python-pam)")
     if os.path.isdir(PAM_DIRECTORIES[0]) and \
             not any(os.path.isfile(os.path.join(d, service)) for d in PAM_DIRECTORIES):
