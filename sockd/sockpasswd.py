@@ -95,8 +95,9 @@ def run(command: str, path: str, user: bytes | None) -> None:
         else:
             file.lines[index] = line
     file.write()
-    done = {"add": "added", "passwd": "password changed", "del": "deleted"}[command]
-    print(f"{PROG}: {shown}: user '{name}' {done}")
+    done = {"add": f"user '{name}' added", "passwd": f"password of user '{name}' changed",
+            "del": f"user '{name}' deleted"}[command]
+    print(f"{PROG}: {shown}: {done}")
 
 
 def entry(user: bytes, hashed: passwords.ScryptHash) -> str:

@@ -53,6 +53,7 @@ def test_add_list_passwd_del(pwfile):
 
     done = sockpasswd("--file", pwfile, "passwd", "alice", stdin=twice(b"second"))
     assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"sockpasswd: {pwfile}: password of user 'alice' changed\n"
     table = passwords.load(str(pwfile))
     assert table.verify(b"alice", b"second") is True
     assert table.verify(b"alice", b"first") is False
@@ -60,6 +61,7 @@ def test_add_list_passwd_del(pwfile):
 
     done = sockpasswd("--file", pwfile, "del", "alice")
     assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"sockpasswd: {pwfile}: user 'alice' deleted\n"
     assert sockpasswd("--file", pwfile, "list").stdout == b"bob\n"
     only_file(pwfile)
 

@@ -2,6 +2,7 @@
 the Authenticator with the file alone (PAM: tests/integration/test_pam.py)."""
 
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,11 @@ def test_an_unknown_user_costs_one_scrypt_of_the_default_parameters():
     dummy = auth._DUMMY
     assert (dummy.ln, dummy.r, dummy.p) == \
         (passwords.DEFAULT_LN, passwords.DEFAULT_R, passwords.DEFAULT_P)
+
+
+def test_sockpasswd_8_states_the_defaults():
+    page = (Path(__file__).resolve().parents[2] / "man" / "sockpasswd.8").read_text("ascii")
+    assert f"ln={passwords.DEFAULT_LN},r={passwords.DEFAULT_R},p={passwords.DEFAULT_P}" in page
+    assert f"at most {passwords.MAX_MEMORY >> 20} MiB" in page
+    assert f"up to {passwords.MAX_P}" in page
+    assert passwords.DEFAULT_FILE in page
