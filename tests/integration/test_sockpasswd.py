@@ -273,3 +273,12 @@ def test_on_a_terminal_the_password_is_asked_twice_without_echo(pwfile):
     assert code == 1
     assert shown.endswith(b"sockpasswd: the two passwords do not match\r\n")
     assert passwords.load(str(pwfile)).verify(b"alice", b"typed-secret") is True
+
+
+def test_the_console_script_answers(pwfile):
+    script = os.path.join(os.path.dirname(sys.executable), "sockpasswd")
+    assert os.path.exists(script), "no sockpasswd console script: run `make venv` (setup.py)"
+    done = subprocess.run([script, "--file", str(pwfile), "add", "alice"], input=twice(b"a"),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run([script], capture_output=True, timeout=60).returncode == 2
