@@ -66,6 +66,12 @@ class Authenticator:
         self.passwords = passwords
         self.pam_service = pam_service
         self.timeout = timeout
+        if pam_service is not None and pam is not None:
+            try:
+                # load libpam here, once, rather than in the child of every check
+                pam.PamAuthenticator()
+            except Exception:                   # noqa: BLE001 (each check reports it)
+                pass
 
     @property
     def configured(self) -> bool:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import LOOPBACK_RULES, ROOT
 from sockd import passwords
 
 pytestmark = pytest.mark.integration
@@ -184,8 +184,10 @@ def test_convert_hashes_plain_text_in_place_and_sockd_then_accepts_the_file(pwfi
     hashed = str(passwords.ScryptHash.make(b"h", ln=4))
     pwfile.write_bytes(b"# old file\nalice:secret\nbob:pa:ss w\xc3\xb6rd\n"
                        + f"carol:{hashed}\n".encode())
-    check = subprocess.run([sys.executable, "-m", "sockd", "-t", "-c", os.devnull, "--passwd",
-                            str(pwfile)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    conf = pwfile.parent.parent / "sockd.conf"
+    conf.write_text(LOOPBACK_RULES)
+    sockd_check = [sys.executable, "-m", "sockd", "-t", "-c", str(conf), "--passwd", str(pwfile)]
+    check = subprocess.run(sockd_check, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert check.returncode == 1
     assert f"{pwfile}:2: user 'alice': not a scrypt hash (a plain-text password?): convert " \
         f"the file with 'sockpasswd --file {pwfile} convert'" in check.stderr
@@ -202,6 +204,8 @@ def test_convert_hashes_plain_text_in_place_and_sockd_then_accepts_the_file(pwfi
     assert table.verify(b"bob", "pa:ss wörd".encode()) is True
     assert table.verify(b"carol", b"h") is True
     only_file(pwfile)
+    check = subprocess.run(sockd_check, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (check.returncode, check.stdout) == (0, "sockd: configuration OK\n"), check.stderr
 
     done = sockpasswd("--file", pwfile, "convert")
     assert done.returncode == 0
