@@ -1,10 +1,10 @@
-"""The scoreboard, log escaping, the password file and listen addresses."""
+"""The scoreboard, log escaping and listen addresses (the password file: test_passwords.py)."""
 
 import os
 
 import pytest
 
-from sockd import listeners, passwords
+from sockd import listeners
 from sockd.log import escape
 from sockd.scoreboard import Scoreboard, State
 
@@ -54,22 +54,6 @@ def test_escape_keeps_client_text_on_one_printable_line(raw, shown):
 
 def test_escape_bounds_length():
     assert len(escape("a" * 1000)) == 255
-
-
-def test_password_file():
-    assert passwords.parse("# users\nalice:secret\n\nbob:pa:ss\n", "pw") == \
-        {"alice": "secret", "bob": "pa:ss"}
-
-
-@pytest.mark.parametrize("text, message", [
-    ("alice\n", "pw:1: expected user:password"),
-    ("alice:x\nalice:y\n", "pw:2: user 'alice' appears twice"),
-    (":x\n", "pw:1: expected user:password"),
-])
-def test_bad_password_file(text, message):
-    with pytest.raises(passwords.PasswordError) as info:
-        passwords.parse(text, "pw")
-    assert str(info.value) == message
 
 
 @pytest.mark.parametrize("text, parsed", [
