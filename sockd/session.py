@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockd import destination, hooks, ident, listeners, protocol, relay, resolver
+from sockd import auth, destination, failures, hooks, ident, listeners, protocol, relay, resolver
 from sockd.log import escape
+from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
@@ -101,6 +102,11 @@ class Status:
     def identifying(self) -> None:
         """The session waits for the client host's identd."""
 
+    def login_failed(self, address: resolver.IPAddress) -> int:
+        """A login from *address* failed; how many did recently, this one included (the
+        worker counts across the pool; alone, every failure is the first)."""
+        return 1
+
     def relaying(self, user: str, what: str) -> None:
         """The request is granted and bytes are flowing; *what* is escaped already."""
 
@@ -122,7 +128,7 @@ class Session:
     rules: Ruleset
     hook_runner: hooks.HookRunner
     status: Status
-    passwords: dict[str, str] | None = None
+    passwords: PasswordTable | None = None
     lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
 
     def __post_init__(self) -> None:
@@ -177,6 +183,8 @@ class Session:
         # within one slice.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                              _timeval(min(RECV_SLICE, self.settings.negotiate_timeout)))
+        # Urgent bytes the client sends before the relay starts must not be lost.
+        relay.read_urgent_inline(self.sock)
         while self.request is None:
             event = self._next_event(deadline)
             if isinstance(event, protocol.MethodsOffered):
@@ -293,6 +301,7 @@ class Session:
         # connect(2) honours SO_SNDTIMEO: one blocking call, no poll() around it.
         remaining = max(self.connect_deadline - time.monotonic(), 0.001)
         upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(remaining))
+        relay.read_urgent_inline(upstream)   # from its first byte on (relay.py)
         try:
             source = self._route_source(target)
             if source is not None:
@@ -499,7 +508,9 @@ class Session:
             raise SessionEnd from None
 
     def _choose_method(self, offer: protocol.MethodsOffered) -> None:
-        if self.passwords is not None and Method.USERNAME_PASSWORD in offer.methods:
+        """Username/password whenever --passwd or --pam is set and the client offers it;
+        else no authentication if offered (rules with auth=password never match that)."""
+        if self.authenticator.configured and Method.USERNAME_PASSWORD in offer.methods:
             method = Method.USERNAME_PASSWORD
         elif Method.NO_AUTH in offer.methods:
             method = Method.NO_AUTH
@@ -513,16 +524,25 @@ class Session:
             raise SessionEnd
 
     def _authenticate(self, credentials: protocol.UsernamePassword) -> None:
-        expected = (self.passwords or {}).get(credentials.username)
-        ok = expected is not None and expected == credentials.password
-        self._hold(self.handshake.auth_result(ok))
+        """RFC 1929: the file, then PAM (sockd.auth).  A failure is answered only after a
+        delay that grows with the recent failures from the client's address."""
+        result = self.authenticator.check(credentials.username, credentials.password)
+        self._hold(self.handshake.auth_result(result.ok))
         self.user = credentials.username
-        if not ok:
-            log.info("error -- authentication failed for user %s from host %s session=%s",
-                     escape(credentials.username), self.peer, self.id)
+        if not result.ok:
+            log.info("error -- authentication failed for user %s (%s) from host %s session=%s",
+                     escape(credentials.username), result.reason, self.peer, self.id)
+            wait = failures.delay(self.status.login_failed(self.client_addr))
+            time.sleep(min(wait, max(self.started + self.settings.negotiate_timeout
+                                     - time.monotonic(), 0)))
             self._send(b"")
             raise SessionEnd
         self.authenticated = True
+
+    @functools.cached_property
+    def authenticator(self) -> auth.Authenticator:
+        return auth.Authenticator(self.passwords, self.settings.pam,
+                                  timeout=self.settings.negotiate_timeout)
 
     def _fail(self, code: Socks5Reply, detail: str) -> None:
         log.info("failed -- %s. %s", self.story(), detail)
