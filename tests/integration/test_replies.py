@@ -61,6 +61,6 @@ def test_bound_address_of_an_ipv6_destination(sockd):
         assert bound[0] == "::1" and bound[1] != 0
         sock.sendall(b"over six")
         assert recv_exact(sock, 8) == b"over six"
-    server.wait_log(r"connected -- Connect .*@::1")
+    server.wait_log(r"connected -- Connect .*@\[::1\]:")
     destination.shutdown()
     destination.server_close()

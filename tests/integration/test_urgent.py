@@ -94,9 +94,6 @@ def syn_sent_to(port: int) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="sockd/session.py must call relay.read_urgent_inline() "
-                   "on the client socket before it negotiates and on the outbound socket "
-                   "before connect(); drop this mark when it does")
 def test_urgent_bytes_that_come_before_the_reply_are_kept(sockd):
     """The client's socket reads urgent data inline from the start, not once the relay runs.
 
