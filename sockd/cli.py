@@ -6,6 +6,7 @@ be bound or the workers cannot start.
 """
 
 import argparse
+import ipaddress
 import logging
 import os
 import pwd
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                           ("ident", 15)):
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
     p.add_argument("--grace", type=_non_negative_float, default=30, metavar="S")
+    p.add_argument("--proxy-protocol", type=_networks, action="append", default=[],
+                   metavar="CIDR[,CIDR...]",
+                   help="load balancers whose PROXY protocol headers are believed, and "
+                        "required (repeatable)")
     return p
 
 
@@ -74,6 +79,17 @@ def _pam_service(text: str) -> str:
     if problem := auth.pam_service_problem(text):
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """CIDR[,CIDR...]: an address alone is one host; host bits after the mask are an error."""
+    networks = []
+    for part in text.split(","):
+        try:
+            networks.append(ipaddress.ip_network(part.strip()))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad network {part.strip()!r}: {exc}") from None
+    return networks
 
 
 def _positive_int(text: str) -> int:
@@ -133,7 +149,8 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         max_per_source=args.max_per_source,
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
-        ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug)
+        ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug,
+        proxy_protocol=tuple(net for nets in args.proxy_protocol for net in nets))
     return settings, args
 
 
@@ -243,10 +260,18 @@ def serve_inetd(settings: Settings, ruleset, passwords) -> int:
     except OSError as exc:
         return _fail(settings, f"cannot become user {settings.user}: {_reason(exc)}",
                      EXIT_LISTEN)
+    from sockd import balancer
+
     sock = socket.socket(fileno=os.dup(0))
     runner = hooks.HookRunner(logger=log)
     try:
-        Session(sock, settings, ruleset, runner, Status(), passwords).run()
+        arrival = balancer.arrival(sock, sock.getpeername(), settings.proxy_protocol,
+                                   settings.negotiate_timeout)
+        if arrival is None:
+            sock.close()
+        else:
+            Session(sock, settings, ruleset, runner, Status(), passwords,
+                    client_address=arrival.client_address, preread=arrival.preread).run()
     except OSError:
         sock.close()
     runner.wait()

@@ -35,6 +35,7 @@ from sockd import auth, destination, failures, hooks, ident, listeners, protocol
 from sockd.log import escape
 from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
+from sockd.proxyproto import SIGNATURE_V2, looks_like_header
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
 from sockd.settings import Settings
@@ -130,9 +131,13 @@ class Session:
     status: Status
     passwords: PasswordTable | None = None
     lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
+    # Through a trusted load balancer (sockd.balancer): the client's real address and port
+    # from its PROXY header, and the bytes the client sent after the header.
+    client_address: tuple[str, int] | None = None
+    preread: bytes = b""
 
     def __post_init__(self) -> None:
-        peer = self.sock.getpeername()
+        peer = self.client_address or self.sock.getpeername()
         self.client_addr = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
         self.client = str(self.client_addr)
         self.client_port = peer[1]
@@ -152,6 +157,8 @@ class Session:
         self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
+        self.handshake.feed(self.preread)
+        self._head = self.preread[:len(SIGNATURE_V2)]  # the client's first bytes
 
     # -- the steps, in order ------------------------------------------------
 
@@ -272,6 +279,9 @@ class Session:
 
     def _ask_identd(self) -> ident.IdentAnswer:
         """Ask the client host's identd, from the address the client reached."""
+        if self.client_address is not None:
+            # The client's identd knows a connection to the balancer, not to us.
+            return ident.IdentAnswer.no_answer("behind a load balancer")
         local_addr, local_port = self.sock.getsockname()[:2]
         self.status.identifying()
         return ident.query(self.client, self.client_port, local_addr, local_port,
@@ -460,13 +470,19 @@ class Session:
             try:
                 event = self.handshake.next_event()
             except ProtocolError as exc:
-                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
+                reason = exc.reason
+                if self.handshake.version is None and looks_like_header(self._head):
+                    reason = "PROXY protocol header from an address --proxy-protocol does " \
+                             "not trust"
+                log.info("error -- %s from host %s session=%s", reason, self.peer, self.id)
                 if exc.reply:
                     self._send(exc.reply)
                 raise SessionEnd from None
             if event is not protocol.NEED_DATA:
                 return event
-            self.handshake.feed(self._recv(deadline))
+            data = self._recv(deadline)
+            self._head += data[:len(SIGNATURE_V2) - len(self._head)]
+            self.handshake.feed(data)
 
     def _recv(self, deadline: float) -> bytes:
         """Read from the client; the socket's SO_RCVTIMEO slices the wait (negotiate())."""
@@ -486,6 +502,11 @@ class Session:
                 raise SessionEnd from None
             if data:
                 return data
+            if not self._head:
+                # A balancer's TCP health check: connect, then close.  Not worth a line.
+                log.debug("client %s closed the connection before sending a byte session=%s",
+                          self.peer, self.id)
+                raise SessionEnd
             log.info("error -- client %s closed the connection while negotiating session=%s",
                      self.peer, self.id)
             raise SessionEnd
