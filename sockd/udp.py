@@ -70,6 +70,8 @@ class Verdict:
 
 REFUSED = Verdict()
 
+_Route = tuple[socket.socket, tuple[str, int]]
+
 # judge(host, port): the verdict on a destination the client names for the first time.
 Judge = Callable[[Host, int], Verdict]
 
@@ -131,7 +133,9 @@ class Association:
         self.counters = Counters()
         self._outbound: dict[tuple[int, str], socket.socket] = {}
         self._by_fd: dict[int, socket.socket] = {}
-        self._verdicts: OrderedDict[tuple[Host, int], Verdict] = OrderedDict()
+        # (host, port) as the client names it -> (outbound socket, sendto() address), or
+        # None when refused: what a datagram needs, ready, so that it costs no formatting
+        self._routes: OrderedDict[tuple[Host, int], _Route | None] = OrderedDict()
         self._peers: OrderedDict[tuple[str, int], bytes] = OrderedDict()   # -> reply header
         self._poller = select.poll()
         self._poller.register(self.relay, select.POLLIN)
@@ -259,12 +263,12 @@ class Association:
             if header.frag:
                 counters.frag += 1   # RFC 1928 §7: no reassembly, so every fragment is dropped
                 continue
-            verdict = self._verdict(header.host, header.port, judge)
-            if not verdict.allowed:
+            route = self._route(header.host, header.port, judge)
+            if route is None:
                 counters.refused += 1
                 continue
             try:
-                verdict.sock.sendto(payload, (str(verdict.address), header.port))
+                route[0].sendto(payload, route[1])
             except OSError:
                 counters.failed += 1
                 continue
@@ -283,22 +287,26 @@ class Association:
             self.client_port = port
         return port == self.client_port
 
-    def _verdict(self, host: Host, port: int, judge: Judge) -> Verdict:
-        """The cached verdict on host:port, judged the first time it is named."""
+    def _route(self, host: Host, port: int, judge: Judge) -> _Route | None:
+        """Where datagrams to host:port go (None: refused), judged the first time it is
+        named."""
         key = (host, port)
-        verdict = self._verdicts.get(key)
-        if verdict is not None:
-            return verdict
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
         verdict = judge(host, port)
-        if len(self._verdicts) >= MAX_DESTINATIONS:
-            self._verdicts.popitem(last=False)
-        self._verdicts[key] = verdict
+        route = None
         if verdict.allowed:
             peer = (_key(verdict.address), port)
+            route = (verdict.sock, peer)
             if peer not in self._peers and len(self._peers) >= MAX_DESTINATIONS:
                 self._peers.popitem(last=False)
             self._peers[peer] = protocol.build_udp_datagram(verdict.address, port, b"")
-        return verdict
+        if len(self._routes) >= MAX_DESTINATIONS:
+            self._routes.popitem(last=False)
+        self._routes[key] = route
+        return route
 
     def _from_peers(self, fd: int) -> bool:
         """Relay the replies waiting on one outbound socket; True when one reached the
