@@ -17,6 +17,7 @@ from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd.master import Master, load_rules
 from sockd.settings import DEFAULT_CONFIG, Settings
+from sockd.worker import drop_privileges
 
 log = logging.getLogger("sockd")
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in (("min-spare", 5), ("max-spare", 10), ("max-workers", 64),
                           ("max-requests", 10000)):
         p.add_argument(f"--{name}", type=_positive_int, default=default, metavar="N")
+    p.add_argument("--max-per-source", type=_non_negative_int, metavar="N",
+                   help="sessions at once from one client address (default: a quarter of "
+                        "--max-workers, at least 8; 0: no cap)")
     for name, default in (("negotiate", 30), ("connect", 120), ("bind", 120), ("idle", 7200),
                           ("ident", 15)):
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
@@ -68,6 +72,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -98,6 +109,12 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         except ValueError as exc:
             parser.error(str(exc))
     where = args.log or ("stderr" if args.foreground or args.check else "syslog")
+    if not (args.foreground or args.check):
+        # A daemon works in /: the files it re-reads on SIGHUP, and the pid file it removes
+        # at the end, are named from where it was started.
+        for name in ("config", "route", "passwd", "pidfile"):
+            if getattr(args, name) is not None:
+                setattr(args, name, os.path.abspath(getattr(args, name)))
     settings = Settings(
         config=args.config or DEFAULT_CONFIG, config_given=args.config is not None,
         route=args.route, passwd=args.passwd, listen=tuple(args.listen),
@@ -105,6 +122,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         log=where, syslog_address=args.syslog_address, facility=args.facility,
         ident=args.ident, min_spare=args.min_spare, max_spare=args.max_spare,
         max_workers=args.max_workers, max_requests=args.max_requests,
+        max_per_source=args.max_per_source,
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
         ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug)
@@ -126,8 +144,6 @@ def check(settings: Settings) -> int:
             passwd_file.load(settings.passwd)
         except passwd_file.PasswordError as exc:
             errors.append(str(exc))
-        except OSError as exc:
-            errors.append(f"{settings.passwd}: {exc.strerror}")
     for error in errors:
         print(error, file=sys.stderr)
     if not errors:
@@ -154,15 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                             facility=settings.facility,
                             level=logging.DEBUG if settings.debug else logging.INFO)
     except (OSError, ValueError) as exc:
-        print(f"sockd: cannot log to {settings.log}: {exc}", file=sys.stderr)
+        _say(f"cannot log to {settings.log}: {_reason(exc)}")
         return EXIT_USAGE
+    if settings.inetd:
+        problem = listeners.stdin_connection_problem()
+        if problem is not None:
+            return _fail(settings, f"--inetd: {problem}", EXIT_USAGE)
     try:
         ruleset = load_rules(settings)
         passwords = passwd_file.load(settings.passwd) if settings.passwd else None
-    except (rules.ConfigError, passwd_file.PasswordError) as exc:
-        return _config_error(str(exc))
-    except OSError as exc:
-        return _config_error(f"{exc.filename}: {exc.strerror}")
+    except rules.ConfigError as exc:        # PasswordError is one too
+        return _fail(settings, str(exc), EXIT_CONFIG)
     if settings.inetd or listeners.stdin_is_connection():
         return serve_inetd(settings, ruleset, passwords)
     if settings.user is not None:
@@ -170,23 +188,51 @@ def main(argv: list[str] | None = None) -> int:
             pwd.getpwnam(settings.user)
         except KeyError:
             # Said before detaching: the workers could never start.
-            print(f"sockd: no such user: {settings.user}", file=sys.stderr)
-            log.error("error -- no such user: %s", settings.user)
+            _say(f"no such user: {settings.user}")
+            if settings.log != "stderr":
+                log.error("error -- no such user: %s", settings.user)
             return EXIT_LISTEN
     return serve_standalone(settings, ruleset, passwords)
 
 
-def _config_error(message: str) -> int:
-    print(f"sockd: {message}", file=sys.stderr)
-    log.error("error -- %s", message)
-    return EXIT_CONFIG
+def _say(message: str) -> None:
+    """One line on standard error, which may not be writable (inetd `wait` mode hands sockd
+    its listening socket as standard error too): never a traceback for that."""
+    try:
+        print(f"sockd: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _fail(settings: Settings, message: str, code: int) -> int:
+    """Say why sockd cannot start, on standard error and in the log (once when both are the
+    same), and return the exit status."""
+    _say(message)
+    if settings.log != "stderr":
+        log.error("error -- %s", message)
+    return code
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def serve_inetd(settings: Settings, ruleset, passwords) -> int:
-    """inetd `nowait`: the one client is on standard input."""
+    """inetd `nowait`: the one client is on standard input.
+
+    The files were read as the user inetd started us as; the session and its
+    hooks run as --user, like a worker's.
+    """
     from sockd import hooks
     from sockd.session import Session, Status
 
+    try:
+        drop_privileges(settings.user)
+    except KeyError:
+        return _fail(settings, f"no such user: {settings.user}", EXIT_LISTEN)
+    except OSError as exc:
+        return _fail(settings, f"cannot become user {settings.user}: {_reason(exc)}",
+                     EXIT_LISTEN)
     sock = socket.socket(fileno=os.dup(0))
     runner = hooks.HookRunner(logger=log)
     try:
@@ -204,36 +250,73 @@ def serve_standalone(settings: Settings, ruleset, passwords) -> int:
             socks = ([listeners.bind(*listeners.parse_address(a)) for a in settings.listen]
                      or listeners.default_listeners())
     except listeners.ListenError as exc:
-        print(f"sockd: {exc}", file=sys.stderr)
-        log.error("error -- %s", exc)
-        return EXIT_LISTEN
-    if not settings.foreground:
-        _detach(socks)
+        return _fail(settings, str(exc), EXIT_LISTEN)
+    pid_fd = None
     if settings.pidfile:
+        # Created before detaching, so that a failure is seen by the starting command.
         try:
-            with open(settings.pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            pid_fd = sockd_log.open_no_follow(settings.pidfile,
+                                              os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
+            for sock in socks:
+                sock.close()
+            return _fail(settings, f"cannot write the pid file {settings.pidfile}: "
+                         f"{_reason(exc)}", EXIT_CONFIG)
+    ready = None if settings.foreground else _detach(socks, pid_fd)
+    if pid_fd is not None:
+        try:
+            write_pid(pid_fd)   # after detaching: the pid is the daemon's
+        except OSError as exc:  # (a full disk): the starting command sees the daemon end
             log.error("error -- cannot write the pid file %s: %s", settings.pidfile,
-                      exc.strerror)
+                      _reason(exc))
+            _remove(settings.pidfile)
             return EXIT_CONFIG
     log.info("started -- sockd %s, pid %d, listening on %s", __version__, os.getpid(),
              ", ".join(listeners.describe(s) for s in socks))
+    if ready is not None:
+        os.write(ready, b"ready")
+        os.close(ready)
     try:
         return Master(settings, ruleset, socks, passwords).run()
     finally:
         if settings.pidfile:
-            try:
-                os.unlink(settings.pidfile)
-            except OSError:
-                pass
+            _remove(settings.pidfile)
 
 
-def _detach(socks) -> None:
-    """Become a daemon (python-daemon), keeping the listeners and the log open."""
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_pid(fd: int) -> None:
+    """Write this process's pid to the pid file opened as *fd*, and close it."""
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _detach(socks, pid_fd: int | None) -> int:
+    """Become a daemon (python-daemon), keeping the listeners, the log and the pid file open.
+
+    The starting command waits until the daemon writes "ready" to the pipe whose end this
+    returns (after its pid file is written), so that a script that starts sockd finds the
+    daemon's pid in the pid file; it exits 0 then, or 1 if the daemon ended first.
+    """
     import daemon
 
-    context = daemon.DaemonContext(
-        files_preserve=[s.fileno() for s in socks] + sockd_log.handler_fds(),
-        working_directory="/", umask=0o022, signal_map={}, detach_process=True)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    if os.fork() > 0:                       # the starting command
+        os.close(ready_w)
+        word = os.read(ready_r, 16)         # b"" when the daemon is gone without a word
+        os._exit(0 if word == b"ready" else EXIT_CONFIG)
+    os.close(ready_r)
+    keep = [s.fileno() for s in socks] + sockd_log.handler_fds() + [ready_w]
+    if pid_fd is not None:
+        keep.append(pid_fd)
+    context = daemon.DaemonContext(files_preserve=keep, working_directory="/", umask=0o022,
+                                   signal_map={}, detach_process=True)
     context.open()
+    return ready_w

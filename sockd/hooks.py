@@ -4,10 +4,12 @@ This module owns two things:
 
 - `expand`, a pure function, which substitutes the ``%`` tokens of sockd.conf(5) into a command
   template.  Every value is made inert first (`sanitize`): characters outside
-  ``A-Z a-z 0-9 . - _ @ : , / + =`` become ``_`` and a leading ``-`` becomes ``_``.  So whatever
+  ``A-Z a-z 0-9 . - _ @ : , + =`` become ``_``, and so does a leading ``-`` or ``.``.  So whatever
   quoting the administrator wrote around a token, a hostile USERID, ident answer or reverse-DNS
-  name can neither run anything nor become an option (CSTC's filter let ``-``, ``\\`` and ``!``
-  through; cstc-facts.md §9.1).
+  name can neither run anything, nor become an option, nor name a path outside the directory the
+  command writes to (``/`` is not kept, and no value is ``.`` or ``..``, so ``/var/log/socks/%u``
+  stays in ``/var/log/socks``; CSTC's filter let ``-``, ``\\`` and ``!`` through;
+  cstc-facts.md §9.1).
 - `HookRunner`, which runs expanded commands with ``/bin/sh -c`` without blocking the caller: at
   most ``max_running`` at once (more are skipped, with a rate-limited log line), each bounded by
   ``timeout`` seconds, output and exit status logged to the "sockd" logger, a failure never fatal.
@@ -42,7 +44,7 @@ from typing import IO
 
 TOKENS = frozenset("AacpSsUuZz")
 SAFE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                            ".-_@:,/+=")
+                            ".-_@:,+=")
 MAX_VALUE = 255                 # longest value substituted for one token
 MAX_OUTPUT = 4096               # bytes of a command's output copied to the log
 SKIP_REPORT_INTERVAL = 10.0     # seconds between two "hook skipped" log lines
@@ -54,9 +56,10 @@ _TOKEN = re.compile(r"%(.?)", re.DOTALL)
 
 
 def sanitize(value: str) -> str:
-    """``value`` made inert for any shell quoting: only safe characters, no leading ``-``."""
+    """``value`` made inert for any shell quoting and any path: only safe characters (no ``/``),
+    no leading ``-`` (an option) or ``.`` (``..``, a hidden file)."""
     cleaned = "".join(c if c in SAFE_CHARACTERS else "_" for c in value[:MAX_VALUE])
-    if cleaned.startswith("-"):
+    if cleaned.startswith(("-", ".")):
         cleaned = "_" + cleaned[1:]
     return cleaned
 

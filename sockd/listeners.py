@@ -81,35 +81,79 @@ def default_listeners() -> list[socket.socket]:
 
 
 def systemd_listeners() -> list[socket.socket] | None:
-    """The sockets systemd passed us (LISTEN_FDS), or None when it passed none."""
+    """The sockets systemd passed us (LISTEN_FDS), or None when it passed none.
+
+    Raises ListenError when a descriptor it names is not a listening stream socket.
+    """
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return None
-    count = int(os.environ.get("LISTEN_FDS", "0"))
+    count = os.environ.get("LISTEN_FDS", "0")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
+    if not count.isdigit():
+        raise ListenError(f"systemd passed a bad LISTEN_FDS ({count!r})")
     socks = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        sock = socket.socket(fileno=fd)
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+        sock = _listening_socket(fd)
+        if sock is None:
+            for other in socks:
+                other.close()
+            raise ListenError(f"systemd passed descriptor {fd}, which is not a listening socket")
         sock.setblocking(False)
         socks.append(sock)
     return socks or None
 
 
+def _listening_socket(fd: int) -> socket.socket | None:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    if sock.type != socket.SOCK_STREAM or \
+            not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        return None
+    return sock
+
+
 def stdin_is_connection() -> bool:
-    """True when fd 0 is a connected stream socket: started by inetd (nowait)."""
+    """True when fd 0 is a connected TCP socket: started by inetd (`nowait`).
+
+    Only TCP: a UNIX socket or a socketpair on standard input is some other
+    program's plumbing, not a client inetd accepted.
+    """
+    return stdin_connection_problem() is None
+
+
+def stdin_connection_problem() -> str | None:
+    """Why fd 0 is not a client that inetd accepted for us, or None when it is one (a
+    connected AF_INET or AF_INET6 SOCK_STREAM socket)."""
     try:
-        if not stat.S_ISSOCK(os.fstat(0).st_mode):
-            return False
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return "standard input is closed"
+    if not stat.S_ISSOCK(mode):
+        return "standard input is not a socket"
+    try:
         sock = socket.socket(fileno=os.dup(0))
-    except OSError:
-        return False
-    try:
-        sock.getpeername()
-        return sock.type == socket.SOCK_STREAM
-    except OSError:
-        return False
-    finally:
-        sock.close()
+    except OSError as exc:
+        return f"standard input is a socket sockd cannot use: {exc.strerror}"
+    with sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            kind = "a UNIX" if sock.family == socket.AF_UNIX else "a non-IP"
+            return f"standard input is {kind} socket, not a TCP connection"
+        if sock.type != socket.SOCK_STREAM:
+            return "standard input is a datagram socket, not a TCP connection"
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return ("standard input is a listening socket: inetd `wait` mode is not "
+                    "supported, use `nowait`")
+        try:
+            sock.getpeername()
+        except OSError:
+            return "standard input is a TCP socket that is not connected"
+    return None
 
 
 def describe_address(address: tuple) -> str:

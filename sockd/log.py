@@ -2,10 +2,13 @@
 
 Owns the `sockd` logger's handlers (syslog, stderr or a file) and the one
 escaping function that every client-controlled string passes through before it
-reaches a log line or a process title.  The line formats themselves belong to
-the session and the master, and are documented in sockd(8).
+reaches a log line or a process title (`escape`), and its sibling for messages
+that quote a configuration file (`escape_text`, which keeps spaces readable).
+The line formats themselves belong to the session and the master, and are
+documented in sockd(8).
 """
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -34,6 +37,34 @@ def escape(text: str, limit: int = 255) -> str:
     return "".join(_ESCAPES.get(c) or f"\\x{ord(c) & 0xFF:02x}" for c in text)
 
 
+_READABLE = frozenset(range(0x20, 0x7F)) - {0x5C}
+
+
+def escape_text(text: str, encoding: str = "utf-8") -> str:
+    """Return *text*, a message quoting a file, readable on one log line.
+
+    Printable ASCII and the space stay as they are (so `FILE:LINE: message`
+    reads as prose); every other byte, the backslash included, is written as
+    \\xNN: the bytes of the text in *encoding*, the file's own encoding, where
+    bytes that did not decode (held as surrogate escapes) come back as
+    themselves.  So a control byte or invalid UTF-8 in a configuration file
+    neither reaches the terminal nor makes a syslog line vanish.
+    """
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_character(c, encoding) for c in text)
+
+
+def _escape_character(c: str, encoding: str) -> str:
+    if " " <= c <= "~" and c != "\\":
+        return c
+    try:
+        data = c.encode(encoding, "surrogateescape")
+    except UnicodeEncodeError:      # a lone surrogate that no file byte made
+        data = c.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if b in _READABLE else f"\\x{b:02x}" for b in data)
+
+
 class _Formatter(logging.Formatter):
     """The file and stderr format, with the time stamp formatted once a second."""
 
@@ -60,7 +91,17 @@ def _lighten_records() -> None:
 
 
 class _SyslogHandler(logging.handlers.SysLogHandler):
-    """A syslog handler that never lets a dead log socket stop the server."""
+    """A syslog handler that never lets a dead log socket stop the server.
+
+    A message that UTF-8 cannot encode (a lone surrogate) would make the
+    handler drop the whole line: such characters are written as escapes.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if text.isascii():
+            return text
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
     def handleError(self, record: logging.LogRecord) -> None:
         try:
@@ -68,6 +109,28 @@ class _SyslogHandler(logging.handlers.SysLogHandler):
             self._connect_unixsocket(self.address)
         except OSError:
             pass
+
+
+def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
+    """os.open(*path*) with O_NOFOLLOW and O_CLOEXEC: sockd opens its log and pid files as
+    root, and a symbolic link planted at the path must not make it write elsewhere.
+
+    Raises OSError; a link gives ELOOP with the text "a symbolic link (not followed)".
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link (not followed)", path) from None
+        raise
+
+
+class _FileHandler(logging.FileHandler):
+    """The --log FILE handler: appends, never through a symbolic link (`open_no_follow`)."""
+
+    def _open(self):
+        fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
 def configure(where: str, *, syslog_address: str = "/dev/log",
@@ -94,13 +157,39 @@ def configure(where: str, *, syslog_address: str = "/dev/log",
         handler.setFormatter(logging.Formatter("sockd[%(process)d]: %(message)s"))
     else:
         handler = (logging.StreamHandler(sys.stderr) if where == "stderr"
-                   else logging.FileHandler(where, encoding="ascii", errors="backslashreplace"))
+                   else _FileHandler(where, encoding="ascii", errors="backslashreplace"))
         handler.setFormatter(_Formatter("%(asctime)s sockd[%(process)d]: %(message)s"))
     _lighten_records()
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
     return handler
+
+
+def reopen() -> None:
+    """Open the --log file again at its path, for log rotation (mv the file, then SIGHUP).
+
+    The master calls this first thing on SIGHUP: its own lines, and those of
+    every worker forked after, go to a new file at the path; a worker forked
+    before keeps the file it inherited until it exits.  When the path cannot
+    be opened, the old file stays in use and says why.  Syslog and standard
+    error need nothing.
+    """
+    for handler in log.handlers:
+        if not isinstance(handler, _FileHandler):
+            continue
+        try:
+            stream = handler._open()
+        except OSError as exc:
+            log.error("error -- cannot reopen the log file %s: %s", handler.baseFilename,
+                      exc.strerror or exc)
+            continue
+        handler.acquire()
+        try:
+            old, handler.stream = handler.stream, stream
+            old.close()
+        finally:
+            handler.release()
 
 
 def handler_fds() -> list[int]:

@@ -13,7 +13,9 @@ loop:
 * HUP re-reads the rules and the password file.  A broken file keeps the
   rules in force and says why.  A good one starts a new *generation*: new
   workers serve with the new rules, and the workers of older generations are
-  asked (SIGTERM) to finish the session they are serving and leave.
+  asked (SIGTERM) to finish the session they are serving and leave.  Until
+  they have left they still count against --max-workers: the pool never
+  holds more workers than that, whatever their generation.
 * TERM stops accepting within a second (every process closes its listeners),
   lets the sessions in flight finish for up to --grace seconds, then exits 0.
 * INT stops at once.
@@ -33,9 +35,10 @@ import signal
 import socket
 import time
 
+from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd import pool, proctitle, route, rules
-from sockd.scoreboard import Scoreboard, State
+from sockd.scoreboard import Scoreboard, Slot, State
 from sockd.settings import Settings
 from sockd.worker import EXIT_BOOT_ERROR, Worker
 
@@ -59,6 +62,15 @@ def load_rules(settings: Settings) -> rules.Ruleset:
         else rules.default_ruleset()
     ruleset.routes = routes
     return ruleset
+
+
+def census(slots: list[Slot], generation: int) -> tuple[int, int]:
+    """(spare, total) for pool.plan: the idle workers of *generation*, counting those still
+    booting (they will be idle in a moment, as Apache counts them), and every live worker of
+    every generation, busy old ones included (they hold a place under --max-workers)."""
+    spare = sum(1 for s in slots if s.generation == generation
+                and s.state in (State.IDLE, State.STARTING))
+    return spare, len(slots)
 
 
 class Master:
@@ -135,6 +147,7 @@ class Master:
         """Nothing: the loop reaps after every wake-up."""
 
     def handle_hup(self) -> None:
+        sockd_log.reopen()  # first: after log rotation, every line from here on is in the new file
         if self.stop_deadline is not None:
             log.info("reload ignored -- the server is stopping")
             return
@@ -153,7 +166,8 @@ class Master:
         log.info("reloaded -- generation %d", self.generation)
         self.log_rules_in_force()
         self.signal_workers(signal.SIGTERM, older_than=self.generation)
-        self.spawn_workers(self.settings.min_spare)
+        self.spawn_workers(min(self.settings.min_spare,
+                               self.settings.max_workers - len(self.workers)))
 
     def handle_term(self) -> None:
         if self.stop_deadline is None:
@@ -231,16 +245,16 @@ class Master:
             self.halt(EXIT_WORKERS_FAILED)
 
     def maintain_pool(self) -> None:
-        """Apply one tick of the spare-worker plan to the current generation."""
-        slots = [s for s in self.live_slots() if s.generation == self.generation]
-        idle = [s for s in slots if s.state == State.IDLE]
-        # A worker still booting will be idle in a moment: count it (as Apache does).
-        starting = sum(1 for s in slots if s.state == State.STARTING)
-        plan = pool.plan(len(idle) + starting, len(slots), self.limits, self.spawn_rate)
+        """Apply one tick of the spare-worker plan: spares of the current generation, the
+        ceiling over every live worker."""
+        slots = self.live_slots()
+        spare, total = census(slots, self.generation)
+        plan = pool.plan(spare, total, self.limits, self.spawn_rate)
         self.spawn_rate = plan.next_rate
         if plan.warning and not self.warned:
             log.warning("warning -- %s", plan.warning)
         self.warned = bool(plan.warning)
+        idle = [s for s in slots if s.generation == self.generation and s.state == State.IDLE]
         if plan.retire and idle:
             self.retire_worker(idle[-1].pid)
         self.spawn_workers(plan.spawn)

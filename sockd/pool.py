@@ -28,8 +28,10 @@ def plan(idle: int, total: int, limits: Limits, rate: int) -> Plan:
     """Decide one tick of pool maintenance.
 
     Args:
-        idle: workers waiting in accept().
-        total: all live workers of the current generation (idle, busy, booting).
+        idle: workers of the current generation waiting in accept() (or booting): the spare
+            workers.  Workers of an older generation are leaving and are never spare.
+        total: every live worker, of every generation (idle, busy, booting, leaving): all
+            of them count against --max-workers.
         limits: the --min-spare, --max-spare and --max-workers settings.
         rate: how many workers the previous tick was allowed to spawn.
 

@@ -39,11 +39,14 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from sockd.log import escape_text
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], IPAddress]
 
 MAX_LINE = 1023                 # sockd.conf(5): "Lines ... may be up to 1023 characters long"
 MAX_USER_FILE = 10 * 1024 * 1024
+MAX_CONFIG = 16 * 1024 * 1024   # the largest rules, route or password file sockd reads
 NETWORKS_FILE = "/etc/networks"
 
 ACTIONS = {"allow": "allow", "permit": "allow", "deny": "deny"}
@@ -52,7 +55,15 @@ OPERATORS = ("eq", "neq", "lt", "le", "gt", "ge")
 
 class ConfigError(Exception):
     """An error in a rules file; ``str(e)`` is ``FILE:LINE: message`` (``FILE: message`` when the
-    error concerns the whole file, then ``line`` is None)."""
+    error concerns the whole file, then ``line`` is None).
+
+    ``str(e)`` is escaped whole (`sockd.log.escape_text`, the file's bytes as read in
+    ``encoding``): a message quotes tokens of the file, and a control byte or invalid UTF-8 in
+    one must reach neither the terminal nor the log (where an undecodable one made the syslog
+    line vanish).  ``file`` and ``message`` keep the raw text.
+    """
+
+    encoding = "utf-8"
 
     def __init__(self, file: str, line: int | None, message: str) -> None:
         self.file = file
@@ -62,11 +73,11 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         if self.line is None:
-            return f"{self.file}: {self.message}"
-        return f"{self.file}:{self.line}: {self.message}"
+            return escape_text(f"{self.file}: {self.message}", self.encoding)
+        return escape_text(f"{self.file}:{self.line}: {self.message}", self.encoding)
 
     def __reduce__(self):
-        return (ConfigError, (self.file, self.line, self.message))
+        return (type(self), (self.file, self.line, self.message))
 
 
 class FieldError(Exception):
@@ -215,6 +226,15 @@ class SpecialLine:
         return f"{self.file}:{self.line}"
 
 
+class SourceVerdict(enum.Enum):
+    """What the rules can ever say to a client address, whatever it asks
+    (`Ruleset.source_verdict`)."""
+
+    MAY_PERMIT = "may-permit"   # some request from this address may be allowed
+    HOOK = "hook"               # none can be, but a rule's shell command may run: negotiate
+    NEVER = "never"             # none can be, and no shell command runs: close at accept
+
+
 @dataclass(frozen=True)
 class Decision:
     """The verdict on one request.
@@ -325,11 +345,52 @@ def _no_resolver(name: str) -> IPAddress:
 def read_config(path: str) -> tuple[str | None, list[ConfigError]]:
     """The text of a configuration file, or the error that says why it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return None, [ConfigError(path, None, f"cannot read: {e.strerror or e}")]
+        data = read_regular_file(path)
+    except ConfigError as e:
+        return None, [e]
     return data.decode("utf-8", "surrogateescape"), []
+
+
+def read_regular_file(path: str, limit: int = MAX_CONFIG) -> bytes:
+    """The bytes of a configuration file, which must be a regular file of at most ``limit``
+    bytes; else `ConfigError` (``FILE: message``).
+
+    ``-c /dev/zero`` must not fill the memory, nor a FIFO hang the server (at start or on HUP):
+    the file is opened non-blocking, checked with fstat (the file opened, not a name that may
+    change), and read up to ``limit + 1`` bytes.  Symbolic links are followed: a linked
+    configuration file is normal.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
+    except ValueError:
+        raise ConfigError(path, None, "cannot read: bad file name") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(path, None, f"not a regular file ({_file_kind(mode)})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(limit + 1 - size, 1 << 20))):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError(path, None, f"larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "of an unknown kind"
 
 
 def _load(path: str, resolver: Resolver) -> tuple[Ruleset | None, list[ConfigError]]:
@@ -468,9 +529,12 @@ def resolve_address(token: str, resolver: Resolver) -> IPAddress:
         return ipaddress.IPv4Address(number)
     if ":" in token:
         try:
-            return unmapped(ipaddress.IPv6Address(token))
+            address = ipaddress.IPv6Address(token)
         except ValueError:
             raise FieldError(f"bad address '{token}'") from None
+        if address.ipv4_mapped is not None:
+            raise FieldError(_mapped_message(token, address.ipv4_mapped, None))
+        return address
     if not _HOSTNAME.fullmatch(token):
         raise FieldError(f"bad address '{token}'")
     try:
@@ -658,15 +722,24 @@ def _single_token_address(token: str) -> AddressMatch | None:
     if not (length.isascii() and length.isdigit() and int(length) <= bits):
         raise FieldError(f"bad address '{token}'")
     prefix = int(length)
+    if version == 6 and prefix >= 96 and number >> 32 == 0xFFFF:
+        raise FieldError(_mapped_message(token, ipaddress.IPv4Address(number & 0xFFFFFFFF),
+                                         prefix - 96))
     mask = (1 << bits) - (1 << (bits - prefix))
     if number & ~mask:
         # Not a broader rule than written: 10.0.0.1/8 may have meant 10.0.0.1/32.
         network = ipaddress.ip_network((number & mask, prefix) if version == 4 else
                                        (ipaddress.IPv6Address(number & mask), prefix))
         raise FieldError(f"host bits set in '{token}' (did you mean {network}?)")
-    if version == 6 and prefix >= 96 and number >> 32 == 0xFFFF:
-        return AddressMatch(4, number & 0xFFFFFFFF, mask & 0xFFFFFFFF, token)   # ::ffff:a.b.c.d
     return AddressMatch(version, number, mask, token)
+
+
+def _mapped_message(token: str, ipv4: ipaddress.IPv4Address, prefix: int | None) -> str:
+    """An IPv4-mapped address (::ffff:0:0/96) in a rule is refused rather than read as IPv4:
+    ``::ffff:0.0.0.0/96`` became ``0.0.0.0/0``, whose zero mask matches every IPv6 client too.
+    Clients and destinations in that form are still judged as IPv4 (`unmapped`)."""
+    ipv4_form = f"{ipv4}" if prefix is None else f"{ipv4}/{prefix}"
+    return f"IPv4-mapped address '{token}': write the IPv4 form {ipv4_form} instead"
 
 
 def _refuse_ipv6_mask(tokens: list[str]) -> None:
@@ -752,6 +825,29 @@ class Ruleset:
             return self._decide(by_name, resolved)
         return self._decide(by_name, None)
 
+    def source_verdict(self, address: IPAddress | str) -> SourceVerdict:
+        """Judge a client address before it has said anything: can any request from it be allowed?
+
+        The rules whose source matches ``address`` are taken in order: an allow rule reached
+        means `MAY_PERMIT`; a deny rule that matches every request from the address (any
+        destination, any port, any user, every command, no ``auth=``) ends the walk, as does the
+        end of the rules.  Then the verdict is `HOOK` when a rule reached carries a shell command
+        (the administrator asked to hear about such requests: they are negotiated and refused as
+        usual), else `NEVER`.  Conservative: `NEVER` only when `evaluate` would deny every
+        request from ``address`` without running a hook.  An IPv4-mapped IPv6 address is judged
+        as its IPv4 address.  Costs a few big-integer operations, like `evaluate`.
+        """
+        index = self._index
+        src = unmapped(ipaddress.ip_address(address) if isinstance(address, str) else address)
+        matching = index.src.lookup(src)
+        first_allow = _lowest(matching & index.allows)
+        first_stop = _lowest(matching & index.stops)
+        if first_allow < first_stop:
+            return SourceVerdict.MAY_PERMIT
+        if first_stop < len(self.rules):
+            matching &= (2 << first_stop) - 1       # the rules reached: up to the stop
+        return SourceVerdict.HOOK if matching & index.hooks else SourceVerdict.NEVER
+
     def _decide(self, candidates: int, resolved: IPAddress | None) -> Decision:
         if not candidates:
             where = "default" if self.embedded else f"{self.file}:no-match"
@@ -802,6 +898,20 @@ class _Index:
             for user in rule.users or ():
                 self.users[user] = self.users.get(user, self.any_user) | 1 << rule.index
         self.ports = _PortIndex(rules)
+        # For source_verdict: allow rules, deny rules that match every request from their
+        # source, and rules with a shell command.
+        self.allows = having(lambda r: r.allows)
+        self.stops = having(lambda r: not r.allows and _matches_every_request(r))
+        self.hooks = having(lambda r: r.shell_command is not None)
+
+
+def _matches_every_request(rule: Rule) -> bool:
+    """True when ``rule`` matches every request from an address its source matches."""
+    any_dst = rule.dst is None or (isinstance(rule.dst, AddressMatch) and rule.dst.matches_all)
+    any_port = rule.port is None or (rule.port.op, rule.port.port) in (("ge", 0), ("le", 65535))
+    every_command = rule.commands is None or rule.commands >= frozenset(Command)
+    return any_dst and any_port and every_command and rule.users is None \
+        and not rule.require_auth
 
 
 def _union(bits: Iterable[int]) -> int:
@@ -904,5 +1014,5 @@ __all__ = [
     "FieldError", "IdentPolicy", "MAX_LINE", "NamePattern", "OPERATORS", "PortTest", "Query",
     "Rule", "Ruleset", "SpecialLine", "check", "check_text", "default_resolver",
     "default_ruleset", "load", "normalize_hostname", "parse_address_field", "parse_port",
-    "parse_text", "parse_user_file", "resolve_address", "split_line", "unmapped",
+    "SourceVerdict", "parse_text", "parse_user_file", "resolve_address", "split_line", "unmapped",
 ]

@@ -2,11 +2,18 @@
 
 Each slot is written by exactly one process at a time: the master when it
 spawns or reaps the worker that owns the slot, the worker itself in between.
-So no lock is needed; a reader may see a slot mid-update and must not care.
+So no lock is needed; a reader may see a slot mid-update and must not care,
+with one exception that the write order takes care of: a slot counted by
+`sessions_from` has its source written before its state says it is busy.
 Text fields are stored already escaped (see sockd.log.escape).
+
+Today a slot is a worker and holds its one session.  Callers ask about
+sessions ("how many from this address"), not workers, so that the answers
+stay true when sessions get slots of their own.
 """
 
 import enum
+import ipaddress
 import mmap
 import struct
 from dataclasses import dataclass
@@ -20,10 +27,23 @@ class State(enum.IntEnum):
     RELAYING = 4
 
 
+BUSY = (State.NEGOTIATING, State.RELAYING)
+
 # pid, generation, state, sessions, started, heartbeat, bytes up, bytes down,
-# client, user, destination
-_SLOT = struct.Struct("=iIBxxxIddQQ48s32s96s")
+# source (the client's address, see source_key), client, user, destination
+_SLOT = struct.Struct("=iIBxxxIddQQ16s48s32s96s")
 _HEAD = struct.Struct("=iIBxxxI")
+_STATE = 8                      # offset of the state byte in a slot
+_SOURCE = 48                    # offset of the source field
+_NO_SOURCE = bytes(16)
+
+
+def source_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """The 16 bytes a slot keeps of a client address: IPv6, with IPv4 (and IPv4-mapped
+    IPv6) as the mapped form, so that both forms of one client compare equal."""
+    if address.version == 4:
+        return bytes(10) + b"\xff\xff" + address.packed
+    return address.packed
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,7 @@ class Slot:
     heartbeat: float
     bytes_up: int
     bytes_down: int
+    source: bytes
     client: str
     user: str
     destination: str
@@ -64,31 +85,57 @@ class Scoreboard:
     def release(self, index: int) -> None:
         """Master, at reap: the slot is free again."""
         _SLOT.pack_into(self._map, index * _SLOT.size, 0, 0, State.DEAD, 0, 0.0, 0.0, 0, 0,
-                        b"", b"", b"")
+                        b"", b"", b"", b"")
 
     def set_state(self, index: int, state: State) -> None:
         """Worker: record a state change that carries no session details."""
-        self._map[index * _SLOT.size + 8] = state
+        self._map[index * _SLOT.size + _STATE] = state
 
-    def begin_session(self, index: int, sessions: int, started: float, client: str) -> None:
-        """Worker: a client has been accepted."""
+    def begin_session(self, index: int, sessions: int, started: float, client: str,
+                      source: bytes = _NO_SOURCE) -> None:
+        """Worker: a client has been accepted; *source* is its `source_key` (a session begun
+        without one is never counted by `sessions_from`)."""
         offset = index * _SLOT.size
-        pid, generation = struct.unpack_from("=iI", self._map, offset)
-        _SLOT.pack_into(self._map, offset, pid, generation, State.NEGOTIATING, sessions,
-                        started, started, 0, 0, client.encode()[:48], b"", b"")
+        pid, generation, state = struct.unpack_from("=iIB", self._map, offset)
+        _SLOT.pack_into(self._map, offset, pid, generation, state, sessions, started, started,
+                        0, 0, source, client.encode()[:48], b"", b"")
+        self._map[offset + _STATE] = State.NEGOTIATING     # last: the source is in place
+
+    def withdraw_session(self, index: int, sessions: int) -> None:
+        """Worker: the session just begun is refused at accept; idle again, with the count of
+        sessions it had before."""
+        offset = index * _SLOT.size
+        self._map[offset + _STATE] = State.IDLE
+        struct.pack_into("=I", self._map, offset + 12, sessions)
+
+    def set_client(self, index: int, client: str) -> None:
+        """Worker: how the session names its client (display only; counting uses the source)."""
+        offset = index * _SLOT.size + _SOURCE + 16
+        struct.pack_into("=48s", self._map, offset, client.encode()[:48])
 
     def set_request(self, index: int, user: str, destination: str) -> None:
         """Worker: the request has been granted and relaying begins."""
         offset = index * _SLOT.size + _SLOT.size - 128
         struct.pack_into("=32s96s", self._map, offset, user.encode()[:32],
                          destination.encode()[:96])
-        self._map[index * _SLOT.size + 8] = State.RELAYING
+        self._map[index * _SLOT.size + _STATE] = State.RELAYING
 
     def end_session(self, index: int, now: float, up: int, down: int) -> None:
         """Worker: the session is over; keep its byte counts for the status display."""
         offset = index * _SLOT.size
         struct.pack_into("=dQQ", self._map, offset + 24, now, up, down)
-        self._map[offset + 8] = State.IDLE
+        self._map[offset + _STATE] = State.IDLE
+
+    def sessions_from(self, source: bytes) -> int:
+        """How many sessions (negotiating or relaying) come from the client *source*
+        (a `source_key`).  A scan of every slot: cheap for the few hundred slots of a pool,
+        and done once per accepted client."""
+        count, view, size = 0, self._map, _SLOT.size
+        for offset in range(0, self.size * size, size):
+            if view[offset + _STATE] in BUSY and \
+                    view[offset + _SOURCE:offset + _SOURCE + 16] == source:
+                count += 1
+        return count
 
     def heartbeat(self, index: int, now: float) -> None:
         struct.pack_into("=d", self._map, index * _SLOT.size + 24, now)
@@ -96,8 +143,8 @@ class Scoreboard:
     def read(self, index: int) -> Slot:
         fields = _SLOT.unpack_from(self._map, index * _SLOT.size)
         return Slot(index, fields[0], fields[1], State(fields[2]), fields[3], fields[4],
-                    fields[5], fields[6], fields[7], _text(fields[8]), _text(fields[9]),
-                    _text(fields[10]))
+                    fields[5], fields[6], fields[7], fields[8], _text(fields[9]),
+                    _text(fields[10]), _text(fields[11]))
 
     def slots(self) -> list[Slot]:
         return [self.read(i) for i in range(self.size)]
@@ -105,6 +152,6 @@ class Scoreboard:
     def free_slot(self) -> int | None:
         """Master: the index of a slot nobody owns, or None."""
         for index in range(self.size):
-            if self._map[index * _SLOT.size + 8] == State.DEAD:
+            if self._map[index * _SLOT.size + _STATE] == State.DEAD:
                 return index
         return None

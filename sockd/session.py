@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockd import destination, hooks, listeners, protocol, relay, resolver, udp
+from sockd import destination, hooks, ident, listeners, protocol, relay, resolver, udp
 from sockd.log import escape
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
 from sockd.resolver import ResolveError, ResolveTimeout
@@ -103,6 +103,9 @@ class Status:
     def negotiating(self, client: str) -> None:
         """The client has connected; its request is not known yet."""
 
+    def identifying(self) -> None:
+        """The session waits for the client host's identd."""
+
     def relaying(self, user: str, what: str) -> None:
         """The request is granted and bytes are flowing; *what* is escaped already."""
 
@@ -131,13 +134,16 @@ class Session:
         peer = self.sock.getpeername()
         self.client_addr = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
         self.client = str(self.client_addr)
+        self.client_port = peer[1]
         self.peer = format_host(self.client_addr, peer[1])
         self.id = f"{os.getpid()}.{next(_session_numbers)}"
         self.started = time.monotonic()
         self.handshake = protocol.ServerHandshake()
         self.request: Request | None = None
         self.user = ""
-        self.ident_user = "unknown"
+        self.ident_user = "unknown"     # what identd said; "unknown" until it has answered
+        self.ident_known = False
+        self.ident_answer: ident.IdentAnswer | None = None  # UDP: asked once an association
         self.authenticated = False
         self.decision: Decision | None = None
         self.target: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -225,13 +231,30 @@ class Session:
             raise SessionEnd
 
     def check_ident(self) -> None:
-        """RFC 1413 check for rules that ask for it (?=i, ?=I, or -i/-I).
+        """RFC 1413 check for rules that ask for it (?=i, ?=I, or -i/-I), as the original's.
 
-        There is no ident client yet, so identd counts as unreachable: a
-        strict rule fails closed, a relaxed rule lets the request through.
+        An identd that names another user than the client claimed refuses the
+        request (SOCKS4 93) and runs #BAD_ID:, whatever the policy.  No answer
+        refuses (SOCKS4 92) under a strict policy and lets the request through
+        under a relaxed one; #NO_IDENTD: runs either way.  A SOCKS5 client
+        without RFC 1929 claims no user: only "no answer" can refuse it.
         """
         policy = self.decision.ident_policy(IdentPolicy(self.settings.ident))
         if policy is IdentPolicy.NONE:
+            self._run_rule_hook()
+            return
+        answer = self._ask_identd()
+        if answer.answered:
+            self.ident_user, self.ident_known, self._story = answer.user, True, None
+            claimed = self._claimed_user()
+            if claimed is not None and claimed != answer.user:
+                self._run_hook(self.rules.bad_id)
+                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
+                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
+                log.info("refused -- %s", self.story())
+                log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
+                         escape(claimed) or "-", self.id)
+                raise SessionEnd
             self._run_rule_hook()
             return
         self._run_hook(self.rules.no_identd)
@@ -240,10 +263,25 @@ class Session:
                        if self.request.version == 4
                        else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             log.info("refused -- %s", self.story())
-        log.info("cannot connect to identd on %s", self.client)
+        log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
+                 self.id)
         if policy is IdentPolicy.STRICT:
             raise SessionEnd
         self._run_rule_hook()
+
+    def _ask_identd(self) -> ident.IdentAnswer:
+        """Ask the client host's identd, from the address the client reached."""
+        local_addr, local_port = self.sock.getsockname()[:2]
+        self.status.identifying()
+        return ident.query(self.client, self.client_port, local_addr, local_port,
+                           self.settings.ident_timeout)
+
+    def _claimed_user(self) -> str | None:
+        """Who the client says it is: the SOCKS4 USERID (empty included), the RFC 1929
+        user name; None for a SOCKS5 client without username/password."""
+        if self.request.version == 4:
+            return self.request.userid
+        return self.user if self.authenticated else None
 
     def connect(self) -> socket.socket:
         """Open the outbound connection; a failure gets the matching reply.
@@ -585,7 +623,8 @@ class Session:
             return
         template, request = line.shell_command, self.request
         tokens = hooks.token_values(template, client=self.client_addr, user=self.user,
-                                    ident_user=None, command=COMMAND_WORDS[request.command],
+                                    ident_user=self.ident_user if self.ident_known else None,
+                                    command=COMMAND_WORDS[request.command],
                                     dst=request.host, port=request.port, resolved=self.target)
         self.hook_runner.start(hooks.expand(template, tokens), line.where)
 
@@ -675,15 +714,7 @@ class Session:
             self._run_rule_hook()
             log.info("refused -- %s", self.story())
             raise DestinationRefused
-        policy = self.decision.ident_policy(IdentPolicy(self.settings.ident))
-        if policy is not IdentPolicy.NONE:   # as check_ident(): identd is unreachable
-            self._run_hook(self.rules.no_identd)
-            if policy is IdentPolicy.STRICT:
-                log.info("refused -- %s", self.story())
-            log.info("cannot connect to identd on %s", self.client)
-            if policy is IdentPolicy.STRICT:
-                raise DestinationRefused
-        self._run_rule_hook()
+        self._check_datagram_ident(association)
         target = self._resolve_datagram(host)
         try:
             sock = association.outbound_for(target, self._route_source(target))
@@ -699,6 +730,39 @@ class Session:
         self._story = None
         log.info("connected -- %s", self.story())
         return udp.Verdict(target, sock)
+
+    def _check_datagram_ident(self, association: udp.Association) -> None:
+        """check_ident() for a datagram's destination, without a reply: a refusal
+        refuses the destination.  The answer is about the TCP connection, so identd
+        is asked at most once an association."""
+        policy = self.decision.ident_policy(IdentPolicy(self.settings.ident))
+        if policy is IdentPolicy.NONE:
+            self._run_rule_hook()
+            return
+        if self.ident_answer is None:
+            self.ident_answer = self._ask_identd()
+            self.status.relaying(escape(self.user, 32),   # the title before identd
+                                 f"udp relay {format_host(*association.relay_address)}")
+        answer = self.ident_answer
+        if answer.answered:
+            self.ident_user, self.ident_known, self._story = answer.user, True, None
+            claimed = self._claimed_user()
+            if claimed is not None and claimed != answer.user:
+                self._run_hook(self.rules.bad_id)
+                log.info("refused -- %s", self.story())
+                log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
+                         escape(claimed) or "-", self.id)
+                raise DestinationRefused
+            self._run_rule_hook()
+            return
+        self._run_hook(self.rules.no_identd)
+        if policy is IdentPolicy.STRICT:
+            log.info("refused -- %s", self.story())
+        log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
+                 self.id)
+        if policy is IdentPolicy.STRICT:
+            raise DestinationRefused
+        self._run_rule_hook()
 
     def _resolve_datagram(self, name: str) -> resolver.IPAddress:
         """_resolve() for a datagram's destination: a failure refuses the destination."""

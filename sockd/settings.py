@@ -29,6 +29,7 @@ class Settings:
     max_spare: int = 10
     max_workers: int = 64
     max_requests: int = 10000
+    max_per_source: int | None = None   # None: per_source_cap decides
     negotiate_timeout: float = 30.0
     connect_timeout: float = 120.0
     bind_timeout: float = 120.0
@@ -36,6 +37,17 @@ class Settings:
     ident_timeout: float = 15.0
     grace: float = 30.0
     debug: bool = False
+
+    @property
+    def per_source_cap(self) -> int:
+        """Sessions at once from one client address (--max-per-source); 0 means no cap.
+
+        By default a quarter of --max-workers, but at least 8: one address cannot take a
+        production pool, and small pools stay uncapped.
+        """
+        if self.max_per_source is None:
+            return max(8, self.max_workers // 4)
+        return self.max_per_source
 
     @property
     def uses_config_file(self) -> bool:

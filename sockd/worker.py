@@ -1,15 +1,19 @@
 """A worker process: waits in accept(), serves one client to the end, waits again.
 
 Owns the worker's life after fork: its signals, its privileges, its slot of
-the scoreboard and its process title.  `Worker.__init__` runs in the master
-before fork and only stores values; everything process-wide happens in
-`init_process`, in the child.  Exit codes are a protocol with the master:
-EXIT_OK after a normal retirement, EXIT_BOOT_ERROR when the worker could not
-become a worker (the master then halts instead of forking again and again).
+the scoreboard and its process title, and the checks made at accept, before
+a client costs a negotiation: a client whose address no rule can permit, or
+whose address already has --max-per-source sessions, is closed at once.
+`Worker.__init__` runs in the master before fork and only stores values;
+everything process-wide happens in `init_process`, in the child.  Exit codes
+are a protocol with the master: EXIT_OK after a normal retirement,
+EXIT_BOOT_ERROR when the worker could not become a worker (the master then
+halts instead of forking again and again).
 """
 
 import errno
 import grp
+import ipaddress
 import logging
 import os
 import pwd
@@ -20,9 +24,9 @@ import time
 
 from sockd import hooks, proctitle
 from sockd.log import escape
-from sockd.rules import Ruleset
-from sockd.scoreboard import Scoreboard, State
-from sockd.session import Session, Status
+from sockd.rules import Ruleset, SourceVerdict, unmapped
+from sockd.scoreboard import Scoreboard, State, source_key
+from sockd.session import Session, Status, format_host
 from sockd.settings import Settings
 
 log = logging.getLogger("sockd")
@@ -31,6 +35,7 @@ EXIT_OK = 0
 EXIT_BOOT_ERROR = 3
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
 _SICK = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+REPORT_INTERVAL = 10.0      # seconds between two lines about clients refused at accept
 
 
 def drop_privileges(user: str | None) -> None:
@@ -51,6 +56,25 @@ def drop_privileges(user: str | None) -> None:
                               f"{os.geteuid()} (group {group})")
 
 
+class Reports:
+    """Rate limit for one recurring log line: the first at once, then at most one line each
+    `interval` seconds, which says how many went unreported in between."""
+
+    def __init__(self, interval: float = REPORT_INTERVAL) -> None:
+        self.interval = interval
+        self.last = float("-inf")
+        self.unreported = 0
+
+    def due(self, now: float) -> int | None:
+        """At monotonic time *now*: None when the line must not be written (counted instead);
+        else the number of occurrences since the last line that was written."""
+        if now - self.last < self.interval:
+            self.unreported += 1
+            return None
+        count, self.unreported, self.last = self.unreported, 0, now
+        return count
+
+
 class Worker(Status):
     """One worker; `run()` is called in the child and never returns."""
 
@@ -69,6 +93,9 @@ class Worker(Status):
         self.stopping = False
         self.served = 0
         self.client = ""
+        self.waiting = False            # the listeners are in our epoll's wait set
+        self.unpermitted = Reports()
+        self.over_cap = Reports()
 
     # -- life of the child ----------------------------------------------------
 
@@ -104,10 +131,8 @@ class Worker(Status):
         drop_privileges(self.settings.user)
         self.hook_runner = hooks.HookRunner(logger=log)
         self.poller = select.epoll()
-        for sock in self.listeners:
-            # EPOLLEXCLUSIVE: a new client wakes one idle worker, not the herd.
-            self.poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
         self.poller.register(self.wake_r, select.EPOLLIN)
+        self._join_wait_set()
         self.board.set_state(self.index, State.IDLE)
         proctitle.set_title("sockd: idle")
 
@@ -118,30 +143,73 @@ class Worker(Status):
         """Wait for a client, serve it, until told to stop or retired."""
         while not self.stopping and self.served < self.settings.max_requests:
             events = self.poller.poll(1.0)
+            if self.stopping:
+                # Told to stop while we slept: leave the wait set before anything else.  A
+                # client the kernel woke us for at that very moment is not accepted here
+                # (after a reload it is the new rules' to judge); the rearm below, in
+                # another worker, or a new worker joining the wait set, finds it.
+                self._stop_listening()
+                break
             if os.getppid() != self.master_pid:
                 log.info("worker %d: the master is gone; exiting", os.getpid())
                 return
             self.board.heartbeat(self.index, time.time())
+            if not events:
+                self._rearm()
             for fd, _ in events:
                 if fd == self.wake_r:
                     self._drain_wakeups()
-                elif not self.stopping:
-                    self.accept_one(fd)
+                elif self.accept_one(fd):
+                    break   # one client per wake-up; see _rearm for any other listener
         if not self.stopping:
             log.info("worker %d retiring after %d sessions", os.getpid(), self.served)
 
-    def accept_one(self, fd: int) -> None:
+    def accept_one(self, fd: int) -> bool:
+        """Accept a client on the listener *fd* and serve it; False when there was none."""
         listener = next(s for s in self.listeners if s.fileno() == fd)
         try:
-            conn, _ = listener.accept()
+            conn, peer = listener.accept()
         except OSError as exc:
             if exc.errno in _SICK:
                 log.error("error -- accept(): %s", exc.strerror)
                 time.sleep(0.1)
             elif exc.errno not in _ACCEPT_AGAIN:
                 raise
-            return
-        self.serve(conn)
+            return False
+        if self.admit(conn, peer):
+            self.serve(conn)
+        return True
+
+    def admit(self, conn: socket.socket, peer: tuple) -> bool:
+        """The checks at accept (sockd(8), Processes).  A client let in has its session
+        recorded in the scoreboard; one refused is closed without a reply, and the reason
+        logged, rate-limited.  Cheap: a few big-integer operations for the rules, a scan of
+        the scoreboard for the cap."""
+        address = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
+        if self.rules.source_verdict(address) is SourceVerdict.NEVER:
+            conn.close()
+            unreported = self.unpermitted.due(time.monotonic())
+            if unreported is not None:
+                log.info("refused -- client %s at accept: no rule can permit this source "
+                         "(%d more since the last report)", format_host(address, peer[1]),
+                         unreported)
+            return False
+        # Race-safe across workers: record our session first, then count.  Two workers that
+        # race for the last place may both refuse; neither can let in one too many.
+        source = source_key(address)
+        self.board.begin_session(self.index, self.served + 1, time.time(), str(address), source)
+        cap = self.settings.per_source_cap
+        others = self.board.sessions_from(source) - 1 if cap else 0
+        if cap and others >= cap:
+            self.board.withdraw_session(self.index, self.served)
+            conn.close()
+            unreported = self.over_cap.due(time.monotonic())
+            if unreported is not None:
+                log.info("refused -- client %s at accept: %d sessions already from %s "
+                         "(--max-per-source %d; %d more since the last report)",
+                         format_host(address, peer[1]), others, address, cap, unreported)
+            return False
+        return True
 
     def serve(self, conn: socket.socket) -> None:
         """One session, with the scoreboard and title kept true around it."""
@@ -151,6 +219,7 @@ class Worker(Status):
                               self.passwords)
         except OSError:
             conn.close()  # the client left before we could ask who it was
+            self.board.end_session(self.index, time.time(), 0, 0)
             return
         try:
             session.run()
@@ -168,22 +237,50 @@ class Worker(Status):
         except BlockingIOError:
             pass
 
+    def _join_wait_set(self) -> None:
+        """Wait on every listener.  EPOLLEXCLUSIVE: a new client wakes one idle worker, not
+        the herd; and joining looks at the listener at once, so a client already waiting in
+        the listen queue wakes us."""
+        for sock in self.listeners:
+            self.poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self.waiting = True
+
+    def _leave_wait_set(self) -> None:
+        if self.waiting:
+            for sock in self.listeners:
+                try:
+                    self.poller.unregister(sock.fileno())
+                except (OSError, ValueError):
+                    pass
+            self.waiting = False
+
+    def _rearm(self) -> None:
+        """After a quiet second: leave and join the wait set again (EPOLL_CTL_MOD is not
+        allowed with EPOLLEXCLUSIVE).  A wake-up is given to one waiter only; when that
+        worker could not take the client (it was told to stop at that moment, or it was
+        woken for two listeners at once and took one), the client would wait in the
+        listen queue for the next one to arrive.  Joining looks at the listener, so an idle
+        worker finds such a client within a second."""
+        self._leave_wait_set()
+        self._join_wait_set()
+
     def _stop_listening(self) -> None:
         """Let go of the listening sockets, so a stopping server stops accepting."""
+        self._leave_wait_set()
         for sock in self.listeners:
-            try:
-                self.poller.unregister(sock.fileno())
-            except (OSError, ValueError):
-                pass
             sock.close()
         self.listeners = []
 
     # -- Status: what the session tells us ------------------------------------
 
     def negotiating(self, client: str) -> None:
+        # admit() has begun the session in the scoreboard; this is how the session names it.
         self.client = client
-        self.board.begin_session(self.index, self.served, time.time(), client)
+        self.board.set_client(self.index, client)
         proctitle.set_title(f"sockd: {client} negotiating")
+
+    def identifying(self) -> None:
+        proctitle.set_title(f"sockd: {self.client} asking identd")
 
     def relaying(self, user: str, what: str) -> None:
         self.board.set_request(self.index, user, what)

@@ -83,7 +83,9 @@ def test_large_download_arrives_whole(sockd):
 
 
 def test_many_sessions_at_once(sockd, echo_server):
-    server = sockd(args=["--min-spare", "8", "--max-spare", "16", "--max-workers", "32"])
+    # twenty sessions from one address: more than the default --max-per-source (8 here)
+    server = sockd(args=["--min-spare", "8", "--max-spare", "16", "--max-workers", "32",
+                         "--max-per-source", "0"])
     errors = []
 
     def client(n):

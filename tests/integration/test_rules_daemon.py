@@ -61,7 +61,10 @@ def test_hook_expands_tokens_and_quotes_hostile_users(sockd, echo_server, tmp_pa
 def test_reload_changes_the_verdict(sockd, echo_server):
     server = sockd()
     assert socks4(server.port, echo_server, b"u")[1] == 90
-    server.conf.write_text("deny 127.0.0.0/8 127.0.0.0/8\n")
+    # a rule user u cannot pass, then one others can: a source no rule can permit at all
+    # would be closed at accept, without the SOCKS refusal this test reads
+    server.conf.write_text("deny *=u 127.0.0.0/8 127.0.0.0/8\n"
+                           "permit 127.0.0.0/8 127.0.0.0/8\n")
     server.signal(signal.SIGHUP)
     server.wait_log(r"reloaded -- generation 2")
     wait_until(lambda: socks4(server.port, echo_server, b"u")[1] == 91, 10, "the new rules")

@@ -79,8 +79,10 @@ def test_hup_reloads_while_clients_connect(sockd, echo_server):
                 errors.append(exc)
     thread = threading.Thread(target=clients)
     thread.start()
-    server.conf.write_text("# now everything is refused\ndeny 0.0.0.0 0.0.0.0\n" +
-                           LOOPBACK_RULES)
+    # now every loopback destination is refused (a rule that refused every request from
+    # loopback clients would close them at accept, without the SOCKS refusal read below)
+    server.conf.write_text("# now everything is refused\ndeny 0.0.0.0 0.0.0.0 127.0.0.0 "
+                           "255.0.0.0\n" + LOOPBACK_RULES)
     time.sleep(0.1)
     server.signal(signal.SIGHUP)
     thread.join(60)

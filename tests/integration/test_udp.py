@@ -12,6 +12,7 @@ import pytest
 import socks
 
 from conftest import LOOPBACK_RULES, free_port, wait_until
+from identd import FakeIdentd, send
 
 pytestmark = pytest.mark.integration
 
@@ -323,3 +324,44 @@ def test_datagrams_leave_from_the_route_files_source(sockd, echo, tmp_path):
     a.close()
     assert echo.received[0][1][0] == "127.0.0.2"
     assert server.wait_log(r"connected -- Udp .* to 127\.0\.0\.1:")[0].count(" out=127.0.0.2:")
+
+
+def test_identd_is_asked_once_an_association(sockd, echo):
+    """?=I rules on two destinations: identd is asked once (the answer is about the TCP
+    connection); an answer lets a SOCKS 5 client without a user through, and names it."""
+    other = UdpEcho()
+    rules = (f"permit ?=I cmd=udp 127.0.0.0/8 127.0.0.1/32 eq {echo.port}\n"
+             f"permit ?=I cmd=udp 127.0.0.0/8 127.0.0.1/32 eq {other.port}\n" + LOOPBACK_RULES)
+    server = sockd(rules=rules, args=ARGS)
+    try:
+        with FakeIdentd(send(b"USERID : UNIX : carol"), port=113) as identd:
+            a = Associate(("127.0.0.1", server.port))
+            for port in (echo.port, other.port, echo.port):
+                a.send(header("127.0.0.1", port) + b"hi")
+                assert a.recv()[2:] == (port, b"hi")
+            a.close()
+            end_line(server)
+        assert len(identd.queries) == 1
+    finally:
+        other.close()
+    assert len(server.lines(r"connected -- Udp from -\(carol\)@127\.0\.0\.1:.* to 127")) == 2
+    assert " 3 datagrams (6 bytes) from" in end_line(server)
+
+
+def test_a_strict_rule_without_identd_refuses_the_destination_only(sockd, echo):
+    other = UdpEcho()
+    rules = (f"permit ?=I cmd=udp 127.0.0.0/8 127.0.0.1/32 eq {echo.port}\n" + LOOPBACK_RULES)
+    server = sockd(rules=rules, args=[*ARGS, "--ident-timeout", "2"])
+    try:
+        a = Associate(("127.0.0.1", server.port))
+        a.send(header("127.0.0.1", echo.port) + b"needs identd")
+        a.send(header("127.0.0.1", other.port) + b"does not")
+        assert a.recv()[2:] == (other.port, b"does not")
+        a.close()
+    finally:
+        other.close()
+    line = end_line(server)
+    assert " 1 refused," in line and " 1 datagrams (8 bytes) from" in line
+    assert len(server.lines(r"cannot connect to identd on 127\.0\.0\.1 \(.*\) session=")) == 1
+    assert server.lines(rf"refused -- Udp from -\(unknown\)@.* to 127\.0\.0\.1:{echo.port} ")
+    assert echo.received == []

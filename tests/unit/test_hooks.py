@@ -71,8 +71,15 @@ def wait_for(runner: hooks.HookRunner, seconds: float = 20.0) -> None:
 
 @pytest.mark.parametrize("value, cleaned", [
     ("fred", "fred"),
-    ("fred.smith-jr_2@host.example:8080,x/y+z=1", "fred.smith-jr_2@host.example:8080,x/y+z=1"),
-    ("x;touch /tmp/pwned", "x_touch_/tmp/pwned"),
+    ("fred.smith-jr_2@host.example:8080,x+z=1", "fred.smith-jr_2@host.example:8080,x+z=1"),
+    ("x;touch /tmp/pwned", "x_touch__tmp_pwned"),
+    # A value is never a path: no "/", and no leading "." (so never "." or "..").
+    ("../../x", "_._.._x"),
+    ("..", "_."),
+    (".", "_"),
+    (".profile", "_profile"),
+    ("/etc/passwd", "_etc_passwd"),
+    ("a.b..c", "a.b..c"),
     ("$(id)", "__id_"),
     ("`id`", "_id_"),
     ("a'b\"c", "a_b_c"),
@@ -95,7 +102,8 @@ def test_sanitize_caps_the_length():
 def test_sanitized_values_are_inert(value):
     cleaned = hooks.sanitize(value)
     assert set(cleaned) <= hooks.SAFE_CHARACTERS
-    assert not cleaned.startswith("-")
+    assert "/" not in cleaned
+    assert not cleaned.startswith(("-", "."))
 
 
 @pytest.mark.parametrize("template, used", [
@@ -137,6 +145,16 @@ def test_expand_removes_tokens_it_was_not_given():
 
 def test_expand_sanitizes_every_value():
     assert hooks.expand("echo %u %A", {"u": "$(id)", "A": "-x.evil;rm"}) == "echo __id_ _x.evil_rm"
+
+
+@pytest.mark.parametrize("user", ["../../x", "..", ".", "../", "/etc/x", "a/../../b"])
+def test_a_value_cannot_climb_out_of_the_directory_a_hook_writes_to(user, tmp_path):
+    logs = tmp_path / "a" / "b" / "logs"
+    logs.mkdir(parents=True)
+    command = hooks.expand(f"touch {logs}/%u.log", {"u": user})
+    subprocess.run(["/bin/sh", "-c", command], check=True, timeout=10, cwd=tmp_path)
+    created = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert created == [logs / f"{hooks.sanitize(user)}.log"]
 
 
 @pytest.mark.parametrize("template", TEMPLATES)

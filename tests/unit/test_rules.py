@@ -222,7 +222,6 @@ def test_parse_user_file():
     ("10.0.0.0/8", "10.1.1.1", "11.1.1.1"),
     ("2001:db8::/32", "2001:db8:1::1", "2001:db9::1"),
     ("::1", "::1", "::2"),
-    ("::ffff:10.0.0.0/104", "10.3.3.3", "11.3.3.3"),
 ])
 def test_source_addresses(pair, inside, outside):
     ruleset = parse(f"permit {pair}")
