@@ -365,3 +365,14 @@ def test_a_strict_rule_without_identd_refuses_the_destination_only(sockd, echo):
     assert len(server.lines(r"cannot connect to identd on 127\.0\.0\.1 \(.*\) session=")) == 1
     assert server.lines(rf"refused -- Udp from -\(unknown\)@.* to 127\.0\.0\.1:{echo.port} ")
     assert echo.received == []
+
+
+def test_an_association_counts_for_max_per_source(sockd, echo):
+    server = sockd(args=[*ARGS, "--max-per-source", "1"])
+    a = Associate(("127.0.0.1", server.port))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as second:
+        assert second.recv(10) == b""      # closed at accept, no reply
+    server.wait_log(r"sessions already from 127\.0\.0\.1 \(--max-per-source 1;")
+    a.send(header("127.0.0.1", echo.port) + b"still served")
+    assert a.recv()[3] == b"still served"
+    a.close()
