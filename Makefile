@@ -59,11 +59,13 @@ $(DESTDIR)$(LIBDIR)/sockd/bin/python:
 
 install.server: $(DESTDIR)$(LIBDIR)/sockd/bin/python install.man
 	$(DESTDIR)$(LIBDIR)/sockd/bin/python -m pip install -q .
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/sockd/init
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/sockd/init/pam.d
 	ln -sf $(LIBDIR)/sockd/bin/sockd $(DESTDIR)$(BINDIR)/sockd
 	ln -sf $(LIBDIR)/sockd/bin/test_sockd_conf $(DESTDIR)$(BINDIR)/test_sockd_conf
-	install -m 644 init/* $(DESTDIR)$(DATADIR)/sockd/init/
-	@echo "sockd installed in $(BINDIR); start-up files in $(DATADIR)/sockd/init"
+	ln -sf $(LIBDIR)/sockd/bin/sockpasswd $(DESTDIR)$(BINDIR)/sockpasswd
+	install -m 644 $(filter-out init/pam.d,$(wildcard init/*)) $(DESTDIR)$(DATADIR)/sockd/init/
+	install -m 644 init/pam.d/sockd $(DESTDIR)$(DATADIR)/sockd/init/pam.d/
+	@echo "sockd installed in $(BINDIR); start-up files and a PAM sample in $(DATADIR)/sockd/init"
 
 install.clients: $(DESTDIR)$(LIBDIR)/sockd/bin/python
 	$(DESTDIR)$(LIBDIR)/sockd/bin/python -m pip install -q .

@@ -13,13 +13,15 @@ setup(
     license="BSD-2-Clause",
     python_requires=">=3.11",
     packages=["sockd", "clients"],
-    install_requires=["python-daemon>=3.0", "setproctitle>=1.3"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "PySocks>=1.7", "ruff",
-                             "pyftpdlib>=1.5"]},
+    # python-pam: --pam (a ctypes binding to the system's libpam.so.0, Debian's libpam0g)
+    install_requires=["python-daemon>=3.0", "setproctitle>=1.3", "python-pam>=2.0"],
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "PySocks>=1.7",
+                             "ruff", "pyftpdlib>=1.5"]},
     entry_points={
         "console_scripts": [
             "sockd = sockd.cli:main",
             "test_sockd_conf = sockd.testconf:main",
+            "sockpasswd = sockd.sockpasswd:main",
         ],
     },
 )

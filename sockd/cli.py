@@ -12,7 +12,7 @@ import pwd
 import socket
 import sys
 
-from sockd import __version__, listeners, route, rules
+from sockd import __version__, auth, listeners, route, rules
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd.master import Master, load_rules
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the files, print FILE:LINE: message for each error, exit")
     p.add_argument("--route", metavar="FILE", help="multi-homed route file (sockd.route)")
     p.add_argument("--passwd", metavar="FILE", help="SOCKS5 username/password file")
+    p.add_argument("--pam", metavar="SERVICE", type=_pam_service,
+                   help="check SOCKS5 passwords through this PAM service too")
     p.add_argument("--inetd", action="store_true", help="serve the connection on standard input")
     p.add_argument("--pidfile", metavar="FILE")
     p.add_argument("--user", metavar="NAME", help="workers run as this user")
@@ -66,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
     p.add_argument("--grace", type=_non_negative_float, default=30, metavar="S")
     return p
+
+
+def _pam_service(text: str) -> str:
+    if problem := auth.pam_service_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -117,7 +125,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
                 setattr(args, name, os.path.abspath(getattr(args, name)))
     settings = Settings(
         config=args.config or DEFAULT_CONFIG, config_given=args.config is not None,
-        route=args.route, passwd=args.passwd, listen=tuple(args.listen),
+        route=args.route, passwd=args.passwd, pam=args.pam, listen=tuple(args.listen),
         foreground=args.foreground, inetd=args.inetd, pidfile=args.pidfile, user=args.user,
         log=where, syslog_address=args.syslog_address, facility=args.facility,
         ident=args.ident, min_spare=args.min_spare, max_spare=args.max_spare,
@@ -144,6 +152,8 @@ def check(settings: Settings) -> int:
             passwd_file.load(settings.passwd)
         except passwd_file.PasswordError as exc:
             errors.append(str(exc))
+    if settings.pam:
+        errors += auth.pam_problems(settings.pam)
     for error in errors:
         print(error, file=sys.stderr)
     if not errors:

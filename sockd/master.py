@@ -38,6 +38,8 @@ import time
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd import pool, proctitle, route, rules
+from sockd.failures import LoginFailures
+from sockd.passwords import PasswordTable
 from sockd.scoreboard import Scoreboard, Slot, State
 from sockd.settings import Settings
 from sockd.worker import EXIT_BOOT_ERROR, Worker
@@ -77,13 +79,14 @@ class Master:
     """The preforking master (gunicorn's Arbiter, Apache's prefork MPM)."""
 
     def __init__(self, settings: Settings, ruleset: rules.Ruleset,
-                 listeners: list[socket.socket], passwords: dict[str, str] | None) -> None:
+                 listeners: list[socket.socket], passwords: PasswordTable | None) -> None:
         self.settings = settings
         self.rules = ruleset
         self.listeners = listeners
         self.passwords = passwords
         self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
         self.board = Scoreboard(2 * settings.max_workers)
+        self.failures = LoginFailures()
         self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
         self.generation = 1
         self.spawn_rate = 1
@@ -211,7 +214,7 @@ class Master:
             return False
         self.board.claim(index, 0, self.generation)
         worker = Worker(index, self.generation, self.listeners, self.settings, self.rules,
-                        self.board, self.passwords)
+                        self.board, self.passwords, self.failures)
         pid = os.fork()
         if pid == 0:
             worker.run()  # never returns

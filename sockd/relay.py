@@ -5,6 +5,17 @@ direction moves through its own kernel pipe with splice(2), so relayed bytes
 never enter Python; the loop only decides who is ready.  An end of file from
 one side becomes shutdown(SHUT_WR) towards the other once everything read
 from it has been written, and the other direction keeps flowing (half-close).
+
+TCP urgent data is relayed inline (SO_OOBINLINE on both sockets, as CSTC sockd
+did): the urgent byte keeps its place in the stream, and a direction ends only
+at a real end of file.  splice(2) cannot read past an urgent mark whatever
+SO_OOBINLINE says (tcp_read_sock() stops there): it fails with EAGAIN, or
+returns 0 once the peer's FIN has come as well.  So a source that select()
+called readable but that gave splice nothing is looked at with recv(2): an
+empty peek is the end of file; otherwise one byte moves through the same pipe
+(keeping its order) and the mark is behind us.  A busy stream never takes that
+path.  read_urgent_inline() is for the caller to set the option on each socket
+before its peer can send: the kernel may drop an urgent byte that comes earlier.
 """
 
 import errno
@@ -22,6 +33,7 @@ TICK = 1.0                   # seconds between calls of on_tick
 PUMP_ROUNDS = 8              # reads in a row for one direction before looking around
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _RESET = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.EHOSTUNREACH,
           errno.ENETUNREACH, errno.ECONNABORTED)
 
@@ -72,10 +84,11 @@ class _Direction:
     """One way of the relay: bytes read from *src*, parked in a pipe, written to *dst*."""
 
     __slots__ = ("count", "dst", "eof", "full", "held", "pipe", "pipe_r", "pipe_w", "room",
-                 "shut", "src")
+                 "shut", "src", "src_sock")
 
     def __init__(self, src: socket.socket, dst: socket.socket) -> None:
         self.src, self.dst = src.fileno(), dst.fileno()
+        self.src_sock = src
         self.pipe = _take_pipe()
         self.pipe_r, self.pipe_w, self.room = (self.pipe.read_fd, self.pipe.write_fd,
                                                self.pipe.room)
@@ -85,23 +98,54 @@ class _Direction:
         self.eof = False
         self.shut = False
 
-    def fill(self) -> int:
+    def fill(self, readable: bool = False) -> int:
         """Read what the source has into the pipe; notice its end of file.
 
-        Returns the bytes read, 0 at end of file, -1 when nothing could be read.
+        *readable* says select() has just reported the source readable, so
+        that a read of nothing means an urgent mark (or the end of file)
+        rather than a source gone dry.  Returns the bytes read, 0 at end of
+        file, -1 when nothing could be read.
         """
         try:
             n = os.splice(self.src, self.pipe_w, CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
+            if readable and not self.held:
+                return self.step_over_mark()
             # The pipe can run out of buffer slots before it runs out of bytes
             # (one slot per received segment): wait for a drain, do not spin.
             self.full = self.held > 0
             return -1
         if n == 0:
-            self.eof = True
+            return self.step_over_mark()
         self.held += n
         self.count += n
         return n
+
+    def step_over_mark(self) -> int:
+        """Where splice(2) read nothing: move one byte with recv(2), or see the end of file.
+
+        At an urgent mark the byte is the urgent byte (SO_OOBINLINE): it is
+        peeked, written to the pipe behind what is held, and only then taken
+        from the socket, so a full pipe leaves it where it was.  Reading past
+        it clears the mark and splice(2) moves the rest.  Returns 1, 0 at the
+        end of file, -1 when the byte has to wait.
+        """
+        try:
+            byte = self.src_sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return -1
+        if not byte:
+            self.eof = True
+            return 0
+        try:
+            os.write(self.pipe_w, byte)
+        except BlockingIOError:
+            self.full = self.held > 0
+            return -1
+        self.src_sock.recv(1, socket.MSG_DONTWAIT)
+        self.held += 1
+        self.count += 1
+        return 1
 
     def pump(self) -> None:
         """Read and write again while the source has more and the destination takes it all.
@@ -109,8 +153,8 @@ class _Direction:
         A busy stream then costs one select() per several megabytes, not per
         read; the rounds are bounded so that the other direction gets its turn.
         """
-        for _ in range(PUMP_ROUNDS):
-            got = self.fill()
+        for round_ in range(PUMP_ROUNDS):
+            got = self.fill(readable=round_ == 0)
             if self.held:
                 self.drain()
             if got <= 0 or self.held:
@@ -133,6 +177,19 @@ class _Direction:
         _give_back(self.pipe, self.held == 0)
 
 
+def read_urgent_inline(sock: socket.socket) -> None:
+    """Make *sock* read TCP urgent data inline (SO_OOBINLINE).
+
+    Call it before the peer can send bytes that will be relayed: on the
+    client's socket before the request is read, on the outbound socket
+    before connect(2).  A second urgent mark that arrives while the first
+    urgent byte is unread makes the kernel drop that byte unless the socket
+    reads urgent data inline (tcp_check_urg()), so setting it only when the
+    relay starts can be too late.  relay() sets it again; that costs nothing.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+
+
 def _shutdown_write(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_WR)
@@ -145,15 +202,17 @@ def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
     """Relay between *client* and *server* until both directions have ended.
 
     Args:
-        client, server: connected stream sockets; made non-blocking here.
+        client, server: connected TCP sockets; made non-blocking, and set to
+            read urgent data inline, here (better: earlier, see read_urgent_inline).
         idle_timeout: end the relay after this many seconds with no byte moved.
         on_tick: called about once a second; returning False stops the relay.
 
     Returns:
         Stats with the byte counts and the reason the relay ended.
     """
-    client.setblocking(False)
-    server.setblocking(False)
+    for sock in (client, server):
+        sock.setblocking(False)
+        read_urgent_inline(sock)  # telnet's interrupt, FTP's ABOR stay in the stream
     up = _Direction(client, server)
     down = _Direction(server, client)
     stats = Stats()

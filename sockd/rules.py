@@ -480,17 +480,18 @@ class _Parser:
         return _name_pattern(first), tokens[1:]
 
     def _read_user_file(self, path: str) -> set[str]:
+        # The same bounded, non-blocking reader as the rules file: a FIFO or /dev/zero named
+        # in *= must not hang or fill the server either.
         try:
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                raise FieldError(f"user file '{path}' is not a regular file")
-            with open(path, "rb") as f:
-                data = f.read(MAX_USER_FILE + 1)
-        except OSError as e:
-            raise FieldError(f"cannot read user file '{path}': {e.strerror or e}") from None
-        except ValueError:
-            raise FieldError(f"bad user file name '{path}'") from None
-        if len(data) > MAX_USER_FILE:
-            raise FieldError(f"user file '{path}' is larger than {MAX_USER_FILE} bytes")
+            data = read_regular_file(path, MAX_USER_FILE)
+        except ConfigError as e:
+            message = e.message
+            if message.startswith("cannot read: "):
+                raise FieldError(f"cannot read user file '{path}': "
+                                 f"{message.removeprefix('cannot read: ')}") from None
+            if message.startswith("not a regular file"):
+                raise FieldError(f"user file '{path}' is not a regular file") from None
+            raise FieldError(f"user file '{path}' is {message}") from None
         return parse_user_file(data.decode("utf-8", "surrogateescape"))
 
 

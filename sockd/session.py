@@ -32,8 +32,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockd import destination, hooks, ident, listeners, protocol, relay, resolver, udp
+from sockd import (
+    auth,
+    destination,
+    failures,
+    hooks,
+    ident,
+    listeners,
+    protocol,
+    relay,
+    resolver,
+    udp,
+)
 from sockd.log import escape
+from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
@@ -106,6 +118,11 @@ class Status:
     def identifying(self) -> None:
         """The session waits for the client host's identd."""
 
+    def login_failed(self, address: resolver.IPAddress) -> int:
+        """A login from *address* failed; how many did recently, this one included (the
+        worker counts across the pool; alone, every failure is the first)."""
+        return 1
+
     def relaying(self, user: str, what: str) -> None:
         """The request is granted and bytes are flowing; *what* is escaped already."""
 
@@ -127,7 +144,7 @@ class Session:
     rules: Ruleset
     hook_runner: hooks.HookRunner
     status: Status
-    passwords: dict[str, str] | None = None
+    passwords: PasswordTable | None = None
     lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
 
     def __post_init__(self) -> None:
@@ -184,6 +201,8 @@ class Session:
         # within one slice.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                              _timeval(min(RECV_SLICE, self.settings.negotiate_timeout)))
+        # Urgent bytes the client sends before the relay starts must not be lost.
+        relay.read_urgent_inline(self.sock)
         while self.request is None:
             event = self._next_event(deadline)
             if isinstance(event, protocol.MethodsOffered):
@@ -205,9 +224,9 @@ class Session:
             try:
                 destination.host_name(host)
             except destination.InvalidName as exc:
-                self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
                 log.info("error -- invalid host name '%s' (%s) from host %s session=%s",
                          escape(host), exc, self.peer, self.id)
+                self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
                 raise SessionEnd from None
             self.target = resolver.numeric(host)
         else:
@@ -226,8 +245,8 @@ class Session:
         self._story = None   # the rule is known now
         if not self.decision.allowed:
             self._run_rule_hook()
-            self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             log.info("refused -- %s", self.story())
+            self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             raise SessionEnd
 
     def check_ident(self) -> None:
@@ -249,20 +268,20 @@ class Session:
             claimed = self._claimed_user()
             if claimed is not None and claimed != answer.user:
                 self._run_hook(self.rules.bad_id)
-                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
-                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
                 log.info("refused -- %s", self.story())
                 log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
                          escape(claimed) or "-", self.id)
+                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
+                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
                 raise SessionEnd
             self._run_rule_hook()
             return
         self._run_hook(self.rules.no_identd)
         if policy is IdentPolicy.STRICT:
+            log.info("refused -- %s", self.story())
             self._send(self.handshake.reply(Socks4Reply.NO_IDENTD)
                        if self.request.version == 4
                        else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
-            log.info("refused -- %s", self.story())
         log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
                  self.id)
         if policy is IdentPolicy.STRICT:
@@ -295,6 +314,7 @@ class Session:
         # connect(2) honours SO_SNDTIMEO: one blocking call, no poll() around it.
         remaining = max(self.connect_deadline - time.monotonic(), 0.001)
         upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(remaining))
+        relay.read_urgent_inline(upstream)   # from its first byte on (relay.py)
         try:
             source = self._route_source(target)
             if source is not None:
@@ -341,8 +361,8 @@ class Session:
             else:
                 self.peer_seen = format_host(unmapped(address), bound_port)
             self._story = None
-            self._send(self.handshake.reply(self._granted(), address, bound_port))
             log.info("connected -- %s", self.story())
+            self._send(self.handshake.reply(self._granted(), address, bound_port))
             self.status.relaying(escape(self.user, 32),
                                  f"{COMMAND_WORDS[self.request.command]} {self.dest()} "
                                  f"({service_name(self.request.port)})")
@@ -453,9 +473,9 @@ class Session:
             try:
                 event = self.handshake.next_event()
             except ProtocolError as exc:
+                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
                 if exc.reply:
                     self._send(exc.reply)
-                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
                 raise SessionEnd from None
             if event is not protocol.NEED_DATA:
                 return event
@@ -501,7 +521,9 @@ class Session:
             raise SessionEnd from None
 
     def _choose_method(self, offer: protocol.MethodsOffered) -> None:
-        if self.passwords is not None and Method.USERNAME_PASSWORD in offer.methods:
+        """Username/password whenever --passwd or --pam is set and the client offers it;
+        else no authentication if offered (rules with auth=password never match that)."""
+        if self.authenticator.configured and Method.USERNAME_PASSWORD in offer.methods:
             method = Method.USERNAME_PASSWORD
         elif Method.NO_AUTH in offer.methods:
             method = Method.NO_AUTH
@@ -509,26 +531,35 @@ class Session:
             method = Method.NO_ACCEPTABLE
         self._hold(self.handshake.choose_method(method))
         if method is Method.NO_ACCEPTABLE:
-            self._send(b"")
             log.info("error -- no acceptable authentication method from host %s session=%s",
                      self.peer, self.id)
+            self._send(b"")
             raise SessionEnd
 
     def _authenticate(self, credentials: protocol.UsernamePassword) -> None:
-        expected = (self.passwords or {}).get(credentials.username)
-        ok = expected is not None and expected == credentials.password
-        self._hold(self.handshake.auth_result(ok))
+        """RFC 1929: the file, then PAM (sockd.auth).  A failure is answered only after a
+        delay that grows with the recent failures from the client's address."""
+        result = self.authenticator.check(credentials.username, credentials.password)
+        self._hold(self.handshake.auth_result(result.ok))
         self.user = credentials.username
-        if not ok:
+        if not result.ok:
+            log.info("error -- authentication failed for user %s (%s) from host %s session=%s",
+                     escape(credentials.username), result.reason, self.peer, self.id)
+            wait = failures.delay(self.status.login_failed(self.client_addr))
+            time.sleep(min(wait, max(self.started + self.settings.negotiate_timeout
+                                     - time.monotonic(), 0)))
             self._send(b"")
-            log.info("error -- authentication failed for user %s from host %s session=%s",
-                     escape(credentials.username), self.peer, self.id)
             raise SessionEnd
         self.authenticated = True
 
+    @functools.cached_property
+    def authenticator(self) -> auth.Authenticator:
+        return auth.Authenticator(self.passwords, self.settings.pam,
+                                  timeout=self.settings.negotiate_timeout)
+
     def _fail(self, code: Socks5Reply, detail: str) -> None:
-        self._send(self.handshake.failure_reply(code))
         log.info("failed -- %s. %s", self.story(), detail)
+        self._send(self.handshake.failure_reply(code))
         raise SessionEnd
 
     def _granted(self) -> int:
@@ -588,9 +619,9 @@ class Session:
             conn.close()
             log.info("refused -- %s. Error: connection from wrong host %s",
                      self.story(), format_host(peer, address[1]))
-        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         log.info("timed-out -- %s: no connection after %g s", self.story(),
                  self.settings.bind_timeout)
+        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         raise SessionEnd
 
     def _expected_peer(self, peer: resolver.IPAddress, expected: resolver.IPAddress) -> bool:
@@ -603,15 +634,15 @@ class Session:
 
     def _refuse(self, why: str) -> None:
         """Refused before any rule: SOCKS5 0x02, SOCKS4 91."""
-        self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
         log.info("refused -- %s. Error: %s", self.story(), why)
+        self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
         raise SessionEnd
 
     def _time_out(self, what: str) -> None:
         """Resolving and connecting ran past --connect-timeout."""
-        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         log.info("timed-out -- %s: %s after %g s", self.story(), what,
                  self.settings.connect_timeout)
+        self._send(self.handshake.failure_reply(Socks5Reply.HOST_UNREACHABLE))
         raise SessionEnd
 
     def _run_rule_hook(self) -> None:
@@ -650,8 +681,8 @@ class Session:
             address, port = association.relay_address
             self.outbound = format_host(address, port)
             self._story = None
-            self._send(self.handshake.reply(Socks5Reply.SUCCEEDED, address, port))
             log.info("connected -- %s", self.story())
+            self._send(self.handshake.reply(Socks5Reply.SUCCEEDED, address, port))
             self.status.relaying(escape(self.user, 32), f"udp relay {self.outbound}")
             reason = association.run(self.sock,
                                      functools.partial(self._judge_datagram, association),

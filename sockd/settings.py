@@ -16,6 +16,7 @@ class Settings:
     config_given: bool = False          # -c was on the command line
     route: str | None = None
     passwd: str | None = None
+    pam: str | None = None              # --pam: the PAM service name
     listen: tuple[str, ...] = ()
     foreground: bool = False
     inetd: bool = False

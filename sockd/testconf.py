@@ -1,7 +1,7 @@
 """test_sockd_conf: tell which sockd.conf line judges a request, as CSTC's test program did.
 
-    test_sockd_conf [-i|-I] [-B] [-c command] [-a] [-x] [-R route_file] [-C conf_file]
-                    user src_addr dst_addr {service|port}
+    test_sockd_conf [-i|-I] [-B] [-U ident_user] [-c command] [-a] [-x] [-R route_file]
+                    [-C conf_file] user src_addr dst_addr {service|port}
 
 It prints (to standard error, like the original) the request, the line that matches or
 ``*** No match with any line. Access denied.``, the ``#NO_IDENTD:``/``#BAD_ID:`` line that
@@ -25,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockd import hooks, route, rules
+from sockd.log import escape
 from sockd.rules import IdentPolicy
 
 PROG = "test_sockd_conf"
 DEFAULT_CONF = "/etc/sockd.conf"
-USAGE = (f"usage: {PROG} [-i|-I] [-B] [-c connect|bind|udp] [-a] [-x] [-R route_file] "
-         "[-C conf_file] user src_addr dst_addr {service|port}")
+USAGE = (f"usage: {PROG} [-i|-I] [-B] [-U ident_user] [-c connect|bind|udp] [-a] [-x] "
+         "[-R route_file] [-C conf_file] user src_addr dst_addr {service|port}")
 PERMIT, DENY, TROUBLE = 1, 0, 2
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -45,6 +46,7 @@ class Options:
     unreachable: bool = False           # -i or -I: identd cannot be reached
     ident_default: IdentPolicy = IdentPolicy.NONE
     bad_id: bool = False                # -B: identd names another user
+    ident_answer: str | None = None     # -U: what identd answers
     command: str = "connect"
     authenticated: bool = False
     execute: bool = False
@@ -58,7 +60,7 @@ class Options:
 
 def parse_args(argv: list[str]) -> Options:
     try:
-        pairs, args = getopt.gnu_getopt(argv, "iIBc:axR:C:h",
+        pairs, args = getopt.gnu_getopt(argv, "iIBU:c:axR:C:h",
                                         ["command=", "auth", "execute", "help"])
     except getopt.GetoptError as e:
         raise UsageError(str(e)) from None
@@ -69,6 +71,8 @@ def parse_args(argv: list[str]) -> Options:
             options.ident_default = IdentPolicy(flag[1])
         elif flag == "-B":
             options.bad_id = True
+        elif flag == "-U":
+            options.ident_answer = value
         elif flag in ("-c", "--command"):
             if value not in {c.value for c in rules.Command}:
                 raise UsageError(f"unknown command '{value}' (expected connect, bind or udp)")
@@ -85,6 +89,8 @@ def parse_args(argv: list[str]) -> Options:
             raise UsageError("")
     if len(args) != 4:
         raise UsageError("expected user src_addr dst_addr {service|port}")
+    if options.ident_answer is not None:
+        options.unreachable = False     # -i/-I then only choose the policy: identd answers
     options.user, options.src, options.dst, options.port = args
     return options
 
@@ -210,6 +216,15 @@ class Tester:
         if not decision.allowed or policy is IdentPolicy.NONE:
             self.shell(rule, query, decision, ident_user=None)
             return PERMIT if decision.allowed else DENY
+        answer = self.options.ident_answer
+        if answer is not None and answer != query.user:
+            # the daemon's rule: a USERID answer that is not the claimed user refuses
+            self.shell(ruleset.bad_id, query, decision, ident_user=answer)
+            say(f"Access denied: real user is {escape(answer)}, not {escape(query.user) or '-'}.")
+            return DENY
+        if answer is not None:
+            self.shell(rule, query, decision, ident_user=answer)
+            return PERMIT
         if self.options.bad_id:
             self.shell(ruleset.bad_id, query, decision, ident_user="unknown")
             say("Access denied: bad user-id.")

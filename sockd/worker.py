@@ -23,7 +23,9 @@ import socket
 import time
 
 from sockd import hooks, proctitle
+from sockd.failures import LoginFailures
 from sockd.log import escape
+from sockd.passwords import PasswordTable
 from sockd.rules import Ruleset, SourceVerdict, unmapped
 from sockd.scoreboard import Scoreboard, State, source_key
 from sockd.session import Session, Status, format_host
@@ -80,7 +82,7 @@ class Worker(Status):
 
     def __init__(self, index: int, generation: int, listeners: list[socket.socket],
                  settings: Settings, rules: Ruleset, board: Scoreboard,
-                 passwords: dict[str, str] | None) -> None:
+                 passwords: PasswordTable | None, failures: LoginFailures) -> None:
         """Runs in the master, before fork: stores values, touches nothing."""
         self.index = index
         self.generation = generation
@@ -89,6 +91,7 @@ class Worker(Status):
         self.rules = rules
         self.board = board
         self.passwords = passwords
+        self.failures = failures
         self.master_pid = os.getpid()
         self.stopping = False
         self.served = 0
@@ -155,6 +158,7 @@ class Worker(Status):
                 return
             self.board.heartbeat(self.index, time.time())
             if not events:
+                self.hook_runner.reap()     # hooks of the last session may finish while idle
                 self._rearm()
             for fd, _ in events:
                 if fd == self.wake_r:
@@ -278,6 +282,9 @@ class Worker(Status):
         self.client = client
         self.board.set_client(self.index, client)
         proctitle.set_title(f"sockd: {client} negotiating")
+
+    def login_failed(self, address) -> int:
+        return self.failures.record(address, time.time())
 
     def identifying(self) -> None:
         proctitle.set_title(f"sockd: {self.client} asking identd")

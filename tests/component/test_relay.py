@@ -1,4 +1,4 @@
-"""The relay over socketpairs: half-close both ways, large transfers, idle timeout."""
+"""The relay over socketpairs and loopback TCP: half-close, large transfers, urgent data, idle."""
 
 import hashlib
 import os
@@ -9,10 +9,14 @@ import pytest
 
 from sockd.relay import relay
 
+TIMEOUT = 30     # seconds any one read, join or relay may take before the test fails
+
 
 def pairs():
     client_end, proxy_client = socket.socketpair()
     proxy_server, server_end = socket.socketpair()
+    for end in (client_end, server_end):
+        end.settimeout(TIMEOUT)
     return client_end, proxy_client, proxy_server, server_end
 
 
@@ -21,11 +25,13 @@ def run_relay(proxy_client, proxy_server, **kw):
     thread = threading.Thread(target=lambda: result.update(
         stats=relay(proxy_client, proxy_server, idle_timeout=kw.get("idle", 30),
                     on_tick=kw.get("on_tick"))))
+    thread.daemon = True           # a relay that never ends must not keep pytest alive
     thread.start()
     return thread, result
 
 
 def read_all(sock):
+    """Everything up to the end of file; a read that waits TIMEOUT s raises TimeoutError."""
     data = bytearray()
     while chunk := sock.recv(1 << 16):
         data.extend(chunk)
@@ -98,3 +104,106 @@ def test_reset_by_a_peer_ends_the_relay():
     client_end.sendall(b"x" * 100000)
     thread.join(10)
     assert result["stats"].reason in ("reset", "eof")
+
+
+def tcp_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """Two ends of a real TCP connection on loopback: socketpair() has no urgent data."""
+    with socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host
+                              else socket.AF_INET) as listener:
+        near = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
+        far, _ = listener.accept()
+    far.settimeout(TIMEOUT)
+    return near, far
+
+
+def tcp_pairs():
+    client_end, proxy_client = tcp_pair()
+    proxy_server, server_end = tcp_pair()
+    for end in (client_end, server_end):
+        # The test's ends read urgent bytes inline, so a byte the relay passed
+        # on as urgent would still be counted where it belongs; the relay's
+        # ends are left as accept() and connect() made them.
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    return client_end, proxy_client, proxy_server, server_end
+
+
+def send_with_urgent_bytes(sock: socket.socket, pieces: list[bytes]) -> bytes:
+    """Send *pieces*, each followed by one urgent byte (MSG_OOB); return what was sent.
+
+    Data comes first: an urgent byte that reaches the relay's socket before
+    relay() has made it read urgent data inline can be dropped by the kernel
+    (see test_urgent.py), and here relay() runs in a thread just started.
+    """
+    sent = bytearray()
+    for n, piece in enumerate(pieces):
+        urgent = b"!#%&"[n % 4:n % 4 + 1]
+        sock.sendall(piece)
+        assert sock.send(urgent, socket.MSG_OOB) == 1
+        sent += piece + urgent
+    return bytes(sent)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("direction", ["client first", "server first"])
+def test_urgent_data_is_relayed_inline_and_ends_nothing(direction):
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    thread, result = run_relay(proxy_client, proxy_server)
+    first, second = (client_end, server_end) if direction == "client first" \
+        else (server_end, client_end)
+    # Urgent bytes mid-stream, two in a row, and one right before the FIN
+    # (splice(2) then meets the urgent mark and the end of file together).
+    question = send_with_urgent_bytes(first, [b"data before", os.urandom(300000), b""])
+    first.shutdown(socket.SHUT_WR)
+    assert digest(read_all(second)) == digest(question)      # whole, in order, then EOF
+    answer = send_with_urgent_bytes(second, [b"answer", os.urandom(200000), b"after"])
+    second.shutdown(socket.SHUT_WR)
+    assert digest(read_all(first)) == digest(answer)         # the other way still flows
+    thread.join(TIMEOUT)
+    stats = result["stats"]
+    assert stats.reason == "eof"
+    sizes = (len(question), len(answer)) if direction == "client first" \
+        else (len(answer), len(question))
+    assert (stats.from_client, stats.from_server) == sizes
+    for s in (client_end, server_end, proxy_client, proxy_server):
+        s.close()
+
+
+def test_urgent_bytes_in_busy_streams_both_ways():
+    """Urgent marks while pipes and socket buffers are full, in both directions at once."""
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    thread, result = run_relay(proxy_client, proxy_server)
+    pieces = {key: [os.urandom(1 << 20) for _ in range(12)] for key in ("up", "down")}
+    sent, got = {}, {}
+
+    def talk(sock, key, other):
+        reader = threading.Thread(target=lambda: got.__setitem__(other, read_all(sock)))
+        reader.start()
+        sent[key] = send_with_urgent_bytes(sock, pieces[key])
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(TIMEOUT)
+    talkers = [threading.Thread(target=talk, args=(client_end, "up", "down")),
+               threading.Thread(target=talk, args=(server_end, "down", "up"))]
+    for t in talkers:
+        t.start()
+    for t in talkers:
+        t.join(TIMEOUT)
+    thread.join(TIMEOUT)
+    assert digest(got["up"]) == digest(sent["up"])
+    assert digest(got["down"]) == digest(sent["down"])
+    stats = result["stats"]
+    assert (stats.reason, stats.from_client, stats.from_server) == \
+        ("eof", len(sent["up"]), len(sent["down"]))
+
+
+def test_relay_reads_urgent_data_inline_on_both_sockets():
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    thread, result = run_relay(proxy_client, proxy_server)
+    client_end.shutdown(socket.SHUT_WR)
+    server_end.shutdown(socket.SHUT_WR)
+    thread.join(TIMEOUT)
+    assert result["stats"].reason == "eof"
+    for sock in (proxy_client, proxy_server):
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE) == 1

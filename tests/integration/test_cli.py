@@ -91,7 +91,7 @@ def test_inetd_mode_serves_the_connection_on_stdin(tmp_path, echo_server):
     conf.write_text(LOOPBACK_RULES)
     log = tmp_path / "inetd.log"
     listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
+    client = socket.create_connection(listener.getsockname(), timeout=15)
     conn, _ = listener.accept()
     proc = subprocess.Popen([sys.executable, "-m", "sockd", "-c", str(conf), "--log", str(log)],
                             cwd=ROOT, stdin=conn, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

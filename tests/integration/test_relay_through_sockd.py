@@ -104,5 +104,6 @@ def test_many_sessions_at_once(sockd, echo_server):
         t.start()
     for t in threads:
         t.join(60)
+    assert not [t for t in threads if t.is_alive()], "clients still waiting after 60 s"
     assert not errors
     assert len(server.wait_log(r"terminated -- Connect", count=20)) == 20

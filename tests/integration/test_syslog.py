@@ -29,9 +29,11 @@ template(name="plain" type="string"
          string="%syslogfacility-text%.%syslogseverity-text% %syslogtag%%msg%\\n")
 *.* action(type="omfile" file="{out}" template="plain")
 """)
-    proc = subprocess.Popen([require("rsyslogd"), "-n", "-f", str(conf), "-i",
-                             str(tmp_path / "rsyslogd.pid")], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its chatter goes to a file: a pipe nobody reads could fill and block it.
+    with open(tmp_path / "rsyslogd.stderr", "wb") as stderr:
+        proc = subprocess.Popen([require("rsyslogd"), "-n", "-f", str(conf), "-i",
+                                 str(tmp_path / "rsyslogd.pid")], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
     wait_until(sock.exists, 10, "rsyslogd's socket")
     yield sock, out
     with contextlib.suppress(ProcessLookupError):

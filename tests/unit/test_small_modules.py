@@ -1,10 +1,10 @@
-"""The scoreboard, log escaping, the password file and listen addresses."""
+"""The scoreboard, log escaping and listen addresses (the password file: test_passwords.py)."""
 
 import os
 
 import pytest
 
-from sockd import listeners, passwords
+from sockd import listeners
 from sockd.log import escape
 from sockd.scoreboard import Scoreboard, State
 
@@ -56,22 +56,6 @@ def test_escape_bounds_length():
     assert len(escape("a" * 1000)) == 255
 
 
-def test_password_file():
-    assert passwords.parse("# users\nalice:secret\n\nbob:pa:ss\n", "pw") == \
-        {"alice": "secret", "bob": "pa:ss"}
-
-
-@pytest.mark.parametrize("text, message", [
-    ("alice\n", "pw:1: expected user:password"),
-    ("alice:x\nalice:y\n", "pw:2: user 'alice' appears twice"),
-    (":x\n", "pw:1: expected user:password"),
-])
-def test_bad_password_file(text, message):
-    with pytest.raises(passwords.PasswordError) as info:
-        passwords.parse(text, "pw")
-    assert str(info.value) == message
-
-
 @pytest.mark.parametrize("text, parsed", [
     ("127.0.0.1:1080", ("127.0.0.1", 1080)),
     ("[::1]:1081", ("::1", 1081)),
@@ -87,3 +71,22 @@ def test_listen_addresses(text, parsed):
 def test_bad_listen_addresses(text):
     with pytest.raises(ValueError):
         listeners.parse_address(text)
+
+
+def test_login_failure_delay_grows_and_is_shared_after_fork():
+    import ipaddress
+    import os
+
+    from sockd import failures
+
+    assert [failures.delay(n) for n in range(7)] == [0, 0.25, 0.5, 1, 2, 4, 8]
+    assert failures.delay(40) == failures.MAX_DELAY
+    table = failures.LoginFailures(slots=8)
+    a, b = ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("::ffff:10.0.0.1")
+    assert table.record(a, 1000.0) == 1
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if table.record(a, 1001.0) == 2 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert table.record(ipaddress.ip_address(str(b.ipv4_mapped)), 1002.0) == 3
+    assert table.record(a, 1002.0 + failures.FORGET_AFTER + 1) == 1     # forgotten

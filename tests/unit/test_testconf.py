@@ -128,6 +128,30 @@ def test_bad_user_id(conf, capsys):
     assert out.read_text() == "unknown pretends to be fred at 10.1.1.1\n"
 
 
+def test_an_ident_answer_to_try(conf, capsys):
+    """-U: the answer identd would give; the claimed user either matches it or not."""
+    path, out = conf
+    status, lines = run(capsys, "-I", "-U", "mallory", "-C", path, "fred", "10.1.1.1",
+                        "192.0.2.9", "telnet")
+    assert status == 0
+    assert lines[1:] == ["Line 5: permit ?=I 10.0.0.0 255.0.0.0 0.0.0.0 0.0.0.0 eq telnet",
+                         f"Line 3: #BAD_ID: echo \"%U pretends to be %u at %a\" >> {out}",
+                         "Shell command (not run; -x runs it): echo \"mallory pretends to be "
+                         f"fred at 10.1.1.1\" >> {out}",
+                         "Access denied: real user is mallory, not fred."]
+    # the claimed user: a ?=I line then permits, even with -I, and %U is the answer
+    status, lines = run(capsys, "-I", "-U", "fred", "-C", path, "fred", "10.1.1.1",
+                        "192.0.2.9", "telnet")
+    assert status == 1
+    assert lines[1:] == ["Line 5: permit ?=I 10.0.0.0 255.0.0.0 0.0.0.0 0.0.0.0 eq telnet"]
+    # a hostile answer is escaped in what is printed and inert in the command
+    status, lines = run(capsys, "-U", "$(id)\nx", "-C", path, "fred", "10.1.1.1",
+                        "192.0.2.9", "ftp")
+    assert status == 0
+    assert lines[-1] == "Access denied: real user is $(id)\\x0ax, not fred."
+    assert "pretends to be" in lines[-2] and "$(id)" not in lines[-2]
+
+
 def test_identd_flags_do_not_touch_lines_without_ident(conf, capsys):
     path, out = conf
     # -B alone: the smtp line has no ?= and the daemon no -i/-I, so identd is never asked.
