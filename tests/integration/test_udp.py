@@ -5,13 +5,15 @@ destinations (judged and logged once), and the association's end with its TCP co
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import socks
 
-from conftest import LOOPBACK_RULES, free_port, wait_until
+from conftest import LOOPBACK_RULES, ROOT, free_port, wait_until
 from identd import FakeIdentd, send
 
 pytestmark = pytest.mark.integration
@@ -376,3 +378,31 @@ def test_an_association_counts_for_max_per_source(sockd, echo):
     a.send(header("127.0.0.1", echo.port) + b"still served")
     assert a.recv()[3] == b"still served"
     a.close()
+
+
+def test_the_association_goes_through_authentication(sockd, echo, tmp_path):
+    passwd = tmp_path / "sockd.passwd"
+    done = subprocess.run([sys.executable, "-m", "sockd.sockpasswd", "--file", str(passwd),
+                           "add", "alice"], input="s3cret\ns3cret\n", text=True,
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rules = ("permit auth=password *=alice cmd=udp 127.0.0.0/8 127.0.0.1/32\n"
+             "deny 0.0.0.0/0\n")
+    server = sockd(rules=rules, args=[*ARGS, "--passwd", str(passwd)])
+    wrong = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    wrong.set_proxy(socks.SOCKS5, "127.0.0.1", server.port, username="alice",
+                    password="not-it")
+    wrong.settimeout(20)
+    with pytest.raises(socks.ProxyError):
+        wrong.sendto(b"no", ("127.0.0.1", echo.port))
+    wrong.close()
+    s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.set_proxy(socks.SOCKS5, "127.0.0.1", server.port, username="alice", password="s3cret")
+    s.settimeout(20)
+    s.sendto(b"yes", ("127.0.0.1", echo.port))
+    assert s.recvfrom(100)[0] == b"yes"
+    s.close()
+    server.wait_log(r"authentication failed for user alice")
+    assert len(server.lines(r"connected -- Udp from alice\(unknown\)@127\.0\.0\.1:")) == 2
+    assert " 1 datagrams (3 bytes) from " in end_line(server)
+    assert [data for data, _ in echo.received] == [b"yes"]
