@@ -91,14 +91,13 @@ class Counters:
     failed: int = 0               # sendto() failed, either way
 
 
-def _key(address: IPAddress) -> str:
-    """*address* as recvfrom() reports it (inet_ntop), for comparing without parsing."""
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    return socket.inet_ntop(family, address.packed)
-
-
 def _family(address: IPAddress) -> socket.AddressFamily:
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def _key(address: IPAddress) -> str:
+    """*address* as recvfrom() reports it (inet_ntop), for comparing without parsing."""
+    return socket.inet_ntop(_family(address), address.packed)
 
 
 def _dgram_socket(family: socket.AddressFamily, host: str) -> socket.socket:
