@@ -250,19 +250,31 @@ class Session:
             raise SessionEnd
 
     def check_ident(self) -> None:
-        """RFC 1413 check for rules that ask for it (?=i, ?=I, or -i/-I), as the original's.
+        """RFC 1413 check for rules that ask for it (?=i, ?=I, or -i/-I), as the original's;
+        a refusal gets SOCKS4 92 or 93 (SOCKS5 0x02) and ends the session."""
+        refusal = self._ident_refusal()
+        if refusal is not None:
+            self._send(self.handshake.reply(refusal) if self.request.version == 4
+                       else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
+            raise SessionEnd
 
-        An identd that names another user than the client claimed refuses the
-        request (SOCKS4 93) and runs #BAD_ID:, whatever the policy.  No answer
-        refuses (SOCKS4 92) under a strict policy and lets the request through
-        under a relaxed one; #NO_IDENTD: runs either way.  A SOCKS5 client
-        without RFC 1929 claims no user: only "no answer" can refuse it.
+    def _ident_refusal(self) -> Socks4Reply | None:
+        """The ident check of the rule that allowed the request: its hooks and log lines,
+        and the SOCKS4 code of a refusal, or None when the request goes on.
+
+        An identd that names another user than the client claimed refuses (93) and runs
+        #BAD_ID:, whatever the policy.  No answer refuses (92) under a strict policy and
+        lets the request through under a relaxed one; #NO_IDENTD: runs either way.  A
+        SOCKS5 client without RFC 1929 claims no user: only "no answer" can refuse it.
+        identd is asked at most once a session (a UDP association judges many destinations).
         """
         policy = self.decision.ident_policy(IdentPolicy(self.settings.ident))
         if policy is IdentPolicy.NONE:
             self._run_rule_hook()
-            return
-        answer = self._ask_identd()
+            return None
+        if self.ident_answer is None:
+            self.ident_answer = self._ask_identd()
+        answer = self.ident_answer
         if answer.answered:
             self.ident_user, self.ident_known, self._story = answer.user, True, None
             claimed = self._claimed_user()
@@ -271,22 +283,18 @@ class Session:
                 log.info("refused -- %s", self.story())
                 log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
                          escape(claimed) or "-", self.id)
-                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
-                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
-                raise SessionEnd
+                return Socks4Reply.BAD_ID
             self._run_rule_hook()
-            return
+            return None
         self._run_hook(self.rules.no_identd)
         if policy is IdentPolicy.STRICT:
             log.info("refused -- %s", self.story())
-            self._send(self.handshake.reply(Socks4Reply.NO_IDENTD)
-                       if self.request.version == 4
-                       else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
         log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
                  self.id)
         if policy is IdentPolicy.STRICT:
-            raise SessionEnd
+            return Socks4Reply.NO_IDENTD
         self._run_rule_hook()
+        return None
 
     def _ask_identd(self) -> ident.IdentAnswer:
         """Ask the client host's identd, from the address the client reached."""
@@ -763,37 +771,15 @@ class Session:
         return udp.Verdict(target, sock)
 
     def _check_datagram_ident(self, association: udp.Association) -> None:
-        """check_ident() for a datagram's destination, without a reply: a refusal
-        refuses the destination.  The answer is about the TCP connection, so identd
-        is asked at most once an association."""
-        policy = self.decision.ident_policy(IdentPolicy(self.settings.ident))
-        if policy is IdentPolicy.NONE:
-            self._run_rule_hook()
-            return
-        if self.ident_answer is None:
-            self.ident_answer = self._ask_identd()
+        """The ident check for a datagram's destination: a refusal refuses that
+        destination only, without a reply."""
+        asking = self.ident_answer is None
+        refusal = self._ident_refusal()
+        if asking and self.ident_answer is not None:
             self.status.relaying(escape(self.user, 32),   # the title before identd
                                  f"udp relay {format_host(*association.relay_address)}")
-        answer = self.ident_answer
-        if answer.answered:
-            self.ident_user, self.ident_known, self._story = answer.user, True, None
-            claimed = self._claimed_user()
-            if claimed is not None and claimed != answer.user:
-                self._run_hook(self.rules.bad_id)
-                log.info("refused -- %s", self.story())
-                log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
-                         escape(claimed) or "-", self.id)
-                raise DestinationRefused
-            self._run_rule_hook()
-            return
-        self._run_hook(self.rules.no_identd)
-        if policy is IdentPolicy.STRICT:
-            log.info("refused -- %s", self.story())
-        log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
-                 self.id)
-        if policy is IdentPolicy.STRICT:
+        if refusal is not None:
             raise DestinationRefused
-        self._run_rule_hook()
 
     def _resolve_datagram(self, name: str) -> resolver.IPAddress:
         """_resolve() for a datagram's destination: a failure refuses the destination."""
