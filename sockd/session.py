@@ -675,11 +675,16 @@ class Session:
         The request's DST is the client's expected source, not a destination:
         it is neither checked nor judged, and only its port (when not 0) is
         used, as the port the client's datagrams must come from.  The
-        association itself is granted to every client that came through
+        association itself is granted to a client that came through
         negotiation (and RFC 1929 authentication, when that method was
-        chosen); the rules judge each destination, the first time the client
-        sends to it (`_judge_datagram`).
+        chosen) when some ``udp`` rule could allow it a destination; the rules
+        judge each destination, the first time the client sends to it
+        (`_judge_datagram`).
         """
+        if not self.rules.may_allow("udp", self.client_addr, self.user, self.authenticated):
+            log.info("refused -- %s. Error: no rule allows udp for this client", self.story())
+            self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
+            raise SessionEnd
         local = unmapped(ipaddress.ip_address(self.sock.getsockname()[0].partition("%")[0]))
         try:
             association = udp.Association(local, self.client_addr, self.request.port)

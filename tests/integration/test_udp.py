@@ -406,3 +406,17 @@ def test_the_association_goes_through_authentication(sockd, echo, tmp_path):
     assert len(server.lines(r"connected -- Udp from alice\(unknown\)@127\.0\.0\.1:")) == 2
     assert " 1 datagrams (3 bytes) from " in end_line(server)
     assert [data for data, _ in echo.received] == [b"yes"]
+
+
+def test_an_association_no_rule_could_allow_is_refused_at_once(sockd, echo):
+    """A client that no udp rule lets send anywhere gets 0x02 at once, not a relay that would
+    hold a worker for datagrams all refused."""
+    rules = "permit cmd=connect 127.0.0.0/8 127.0.0.0/8\ndeny 0.0.0.0/0\n"
+    server = sockd(rules=rules, args=ARGS)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(b"\x05\x01\x00\x05\x03\x00\x01" + bytes(6))
+        assert s.recv(2) == b"\x05\x00"
+        assert s.recv(10)[:2] == b"\x05\x02"
+        assert s.recv(10) == b""
+    server.wait_log(r"refused -- Udp from -\(unknown\)@127\.0\.0\.1:\d+ to 0\.0\.0\.0:0 .*"
+                    r"Error: no rule allows udp for this client$")
