@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sockd import cli
 from sockd.ftpaudit import MAX_LINE, Audit, AuditEnd, CommandReader, FtpCommand
 from sockd.protocol import NEED_DATA
 
@@ -200,3 +201,21 @@ def test_any_bytes_in_any_pieces_never_raise_and_read_alike(data, cuts):
     points = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
     pieces = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
     assert read(pieces) == whole(data)
+
+
+# -- --ftp-audit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "ports"), [
+    ([], {21}), (["--ftp-audit", ""], set()), (["--ftp-audit="], set()),
+    (["--ftp-audit", "ftp, 2121,21"], {21, 2121}), (["--ftp-audit", "990,"], {990})])
+def test_ftp_audit_ports(argv, ports):
+    assert cli.parse_settings(argv)[0].ftp_audit == ports
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "no-such-service", "-21", "21;22"])
+def test_bad_ftp_audit_ports_are_usage_errors(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_settings(["--ftp-audit", value])
+    assert exc.value.code == 2
+    assert "--ftp-audit" in capsys.readouterr().err
