@@ -19,8 +19,8 @@ before its peer can send: the kernel may drop an urgent byte that comes earlier.
 
 One exception to "never enter Python": a caller may observe the
 client-to-server direction (relay(observe_client=...); sockd.ftpaudit does,
-for FTP control connections).  That direction alone is read with recv(2) into
-a buffer, handed to the observer, and written on with send(2): the same
+for FTP control connections).  That direction alone is read with recv(2),
+handed to the observer, and written on with send(2): the same
 states (end of file, half-close, urgent bytes inline, idle time, counts) and
 the same loop, and the bytes reach the server unchanged and in order.  recv(2)
 reads through an urgent mark by itself (SO_OOBINLINE), so that direction needs
@@ -34,6 +34,7 @@ import os
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -189,20 +190,22 @@ class _Direction:
 
 
 class _ObservedDirection(_Direction):
-    """A direction whose bytes an observer sees: recv(2) into a buffer, then send(2).
+    """A direction whose bytes an observer sees: recv(2), then send(2) of the same bytes.
 
     The same states as _Direction (held, full, room, eof, shut, count), so
     the loop and pump() drive it unchanged; only how bytes move differs.
+    What has been read and not yet sent waits as the very objects recv(2)
+    returned, in order: no copy.
     """
 
-    __slots__ = ("buffer", "dst_sock", "observe")
+    __slots__ = ("dst_sock", "observe", "waiting")
 
     def __init__(self, src: socket.socket, dst: socket.socket,
                  observe: Callable[[bytes], None]) -> None:
         self.src, self.dst = src.fileno(), dst.fileno()
         self.src_sock, self.dst_sock = src, dst
         self.observe = observe
-        self.buffer = bytearray()
+        self.waiting: deque[memoryview] = deque()
         self.room = PIPE_SIZE
         self.held = 0
         self.full = False
@@ -220,24 +223,30 @@ class _ObservedDirection(_Direction):
             self.eof = True
             return 0
         self.observe(data)
-        self.buffer += data
+        self.waiting.append(memoryview(data))
         n = len(data)
         self.held += n
         self.count += n
         return n
 
     def drain(self) -> None:
-        """Send what the buffer holds to the destination, as far as it takes it."""
-        try:
-            n = self.dst_sock.send(self.buffer)
-        except BlockingIOError:
-            return
-        del self.buffer[:n]         # cheap: a bytearray drops its head in place
-        self.held -= n
-        self.full = False
+        """Send what waits to the destination, as far as it takes it."""
+        waiting = self.waiting
+        while waiting:
+            head = waiting[0]
+            try:
+                n = self.dst_sock.send(head)
+            except BlockingIOError:
+                return
+            self.held -= n
+            self.full = False
+            if n < len(head):
+                waiting[0] = head[n:]
+                return
+            waiting.popleft()
 
     def close(self) -> None:
-        self.buffer.clear()
+        self.waiting.clear()
 
 
 def read_urgent_inline(sock: socket.socket) -> None:
