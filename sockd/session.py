@@ -44,6 +44,7 @@ from sockd import (
     resolver,
     udp,
 )
+from sockd.ftpaudit import Audit
 from sockd.log import escape
 from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
@@ -375,12 +376,22 @@ class Session:
                                  f"{COMMAND_WORDS[self.request.command]} {self.dest()} "
                                  f"({service_name(self.request.port)})")
             pending = self.handshake.trailing()
+            observe = self._ftp_audit()
             if pending:
+                if observe is not None:
+                    observe(pending)
                 upstream.sendall(pending)
             stats = relay.relay(self.sock, upstream, idle_timeout=self.settings.idle_timeout,
-                                on_tick=self.status.tick)
+                                on_tick=self.status.tick, observe_client=observe)
         self._log_end("timed-out" if stats.reason == "idle" else "terminated",
                       stats.from_client + len(pending), stats.from_server, stats.reason)
+
+    def _ftp_audit(self) -> Callable[[bytes], None] | None:
+        """The relay's observer for a CONNECT to an --ftp-audit port (sockd.ftpaudit)."""
+        if self.request.command != Command.CONNECT or \
+                self.request.port not in self.settings.ftp_audit:
+            return None
+        return Audit(self.story)
 
     def _log_end(self, verdict: str, from_client: int, from_server: int, reason: str) -> None:
         elapsed = time.monotonic() - self.started

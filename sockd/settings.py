@@ -38,6 +38,7 @@ class Settings:
     ident_timeout: float = 15.0
     grace: float = 30.0
     debug: bool = False
+    ftp_audit: frozenset[int] = frozenset({21})    # --ftp-audit: CONNECT ports audited as FTP
 
     @property
     def per_source_cap(self) -> int:
