@@ -25,6 +25,14 @@ Metrics (doc/benchmarks.md says more):
   throughput        one TCP stream of BYTES through the proxy, client to a
                     discard server (timed until the server acknowledges the
                     last byte) and from a source server to the client.
+  port 21           the client-to-server stream again, to a discard server on
+                    port 21, which sockd audits as FTP by default (--ftp-audit):
+                    that direction passes through Python (recv and send)
+                    instead of splice(2).  Set beside the plain throughput row,
+                    it shows what the audit costs on its port, and that the
+                    other ports pay nothing for it.  The stream is not FTP (no
+                    line ends), so the audit stops after its first 4 KiB and the
+                    figure is the user-space relay's.  Needs root (port 21).
   proxy CPU         user + system CPU of every process of the proxy (master,
                     workers, children; reaped children included), from
                     /proc/PID/stat before and after the load.
@@ -37,7 +45,8 @@ machine, anything else running only ever makes a run slower.
 
 Usage: scripts/bench.py [--markdown] [--duration S] [--warmup S] [--clients N]
                         [--bytes N] [--repeat N] [--stream-repeat N]
-                        [--targets direct,sockd,dante] [--keep]
+                        [--targets direct,sockd,dante]
+                        [--tests handshakes,throughput,ftp] [--keep]
 """
 
 import argparse
@@ -63,6 +72,8 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python") \
     if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 DANTED = "/usr/sbin/danted"
 LOOPBACK = "127.0.0.1"
+FTP_PORT = 21             # sockd's default --ftp-audit port
+TESTS = ("handshakes", "throughput", "ftp")   # --tests: what to measure
 LIFETIME = 600            # seconds: every server we start is killed after this, whatever happens
 GiB = 1 << 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -103,9 +114,10 @@ socks block {{
 # ---------------------------------------------------------------------------
 # benchtool: the test servers and the load generator, in C.
 #
-#   benchtool serve NPROC LIFETIME
+#   benchtool serve NPROC LIFETIME [DISCARD_PORT]
 #       echo, discard and source servers on 127.0.0.1 (ports chosen by the
-#       kernel, printed as "ports ECHO DISCARD SOURCE"), NPROC processes,
+#       kernel, the discard server's DISCARD_PORT when given; printed as
+#       "ports ECHO DISCARD SOURCE"), NPROC processes,
 #       each with its own listener on every port (SO_REUSEPORT) and one epoll
 #       loop.  Exits when its standard input closes or after LIFETIME seconds.
 #         echo:    reads 32 bytes, writes them back, closes (first: so the
@@ -299,8 +311,11 @@ static void on_source(int ep, int fd)
 
 static int serve(int argc, char **argv)
 {
-    if (argc != 4) { fprintf(stderr, "usage: benchtool serve NPROC LIFETIME\n"); return 2; }
-    int nproc = atoi(argv[2]), ports[3] = {0, 0, 0}, lfd[3], me = 0;
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: benchtool serve NPROC LIFETIME [DISCARD_PORT]\n");
+        return 2;
+    }
+    int nproc = atoi(argv[2]), ports[3] = {0, argc == 5 ? atoi(argv[4]) : 0, 0}, lfd[3], me = 0;
     if (nproc < 1 || nproc > 64) { fprintf(stderr, "benchtool: 1 to 64 processes\n"); return 2; }
     int all[64][3];
     alarm(atoi(argv[3]));
@@ -912,13 +927,27 @@ class Servers:
     handle: Started
 
 
-def start_servers(procs: Processes, tool: Path, nproc: int) -> Servers:
-    started = procs.start("test servers", [str(tool), "serve", str(nproc), str(LIFETIME)],
+def start_servers(procs: Processes, tool: Path, nproc: int,
+                  discard_port: int | None = None) -> Servers:
+    extra = [] if discard_port is None else [str(discard_port)]
+    started = procs.start("test servers", [str(tool), "serve", str(nproc), str(LIFETIME),
+                                           *extra],
                           stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     line = started.proc.stdout.readline().decode().split()
     if len(line) != 4 or line[0] != "ports":
         raise BenchError(f"the test servers did not start: {line!r}")
     return Servers(int(line[1]), int(line[2]), int(line[3]), started)
+
+
+def start_ftp_port_server(procs: Processes, tool: Path, nproc: int) -> Servers | None:
+    """A discard server on port 21 (the port sockd audits by default), or None if it
+    cannot bind there (not root)."""
+    try:
+        return start_servers(procs, tool, nproc, FTP_PORT)
+    except BenchError as exc:
+        say(f"no discard server on port {FTP_PORT} ({exc}; root is needed): "
+            "the port 21 row is left out")
+        return None
 
 
 def sockd_titles(root: int) -> dict[int, str]:
@@ -981,6 +1010,8 @@ class Options:
     nbytes: int
     repeat: int
     stream_repeat: int
+    tests: frozenset[str] = frozenset(TESTS)
+    ftp_port_server: "Servers | None" = None
 
 
 @dataclass
@@ -1030,30 +1061,36 @@ def measure(tool: Path, servers: Servers, proxy: Started | None, proxy_port: int
                                  + (1 - out.get("ok", 1)))
         return max(runs, key=lambda run: run[0][score])
 
-    hs_timeout = opts.warmup + opts.duration + 30
-    out, cpu = best(["seq", str(proxy_port), str(servers.echo), str(opts.warmup),
-                     str(opts.duration)], hs_timeout, "rate", opts.repeat)
-    v["seq"] = out["rate"]
-    v["seq_p50"] = out["p50_ms"]
-    if root:
-        v["seq_cpu"] = cpu / max(out["total"], 1) * 1e6
-    say(f"  sequential: {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
-        f"max {out['max_ms']:.0f} ms, {int(out['errors'])} errors")
+    if "handshakes" in opts.tests:
+        hs_timeout = opts.warmup + opts.duration + 30
+        out, cpu = best(["seq", str(proxy_port), str(servers.echo), str(opts.warmup),
+                         str(opts.duration)], hs_timeout, "rate", opts.repeat)
+        v["seq"] = out["rate"]
+        v["seq_p50"] = out["p50_ms"]
+        if root:
+            v["seq_cpu"] = cpu / max(out["total"], 1) * 1e6
+        say(f"  sequential: {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
+            f"max {out['max_ms']:.0f} ms, {int(out['errors'])} errors")
 
-    out, cpu = best(["conc", str(proxy_port), str(servers.echo), str(opts.warmup),
-                     str(opts.duration), str(opts.clients)], hs_timeout, "rate", opts.repeat)
-    v["conc"] = out["rate"]
-    v["conc_p50"] = out["p50_ms"]
-    v["conc_p99"] = out["p99_ms"]
-    if root:
-        v["conc_cpu"] = cpu / max(out["total"], 1) * 1e6
-    say(f"  concurrent ({opts.clients}): {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
-        f"p99 {out['p99_ms']:.3f} ms, max {out['max_ms']:.0f} ms "
-        f"({int(out['slow'])} of {int(out['handshakes'])} took 200 ms or more), "
-        f"{int(out['errors'])} errors, {int(out['stuck'])} stuck")
+        out, cpu = best(["conc", str(proxy_port), str(servers.echo), str(opts.warmup),
+                         str(opts.duration), str(opts.clients)], hs_timeout, "rate", opts.repeat)
+        v["conc"] = out["rate"]
+        v["conc_p50"] = out["p50_ms"]
+        v["conc_p99"] = out["p99_ms"]
+        if root:
+            v["conc_cpu"] = cpu / max(out["total"], 1) * 1e6
+        say(f"  concurrent ({opts.clients}): {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
+            f"p99 {out['p99_ms']:.3f} ms, max {out['max_ms']:.0f} ms "
+            f"({int(out['slow'])} of {int(out['handshakes'])} took 200 ms or more), "
+            f"{int(out['errors'])} errors, {int(out['stuck'])} stuck")
 
-    for key, port in (("up", servers.discard), ("down", servers.source)):
-        out, cpu = best([key, str(proxy_port), str(port), str(opts.nbytes)], 120, "rate",
+    streams = []
+    if "throughput" in opts.tests:
+        streams += [("up", "up", servers.discard), ("down", "down", servers.source)]
+    if "ftp" in opts.tests and opts.ftp_port_server is not None:
+        streams.append(("up_ftp", "up", opts.ftp_port_server.discard))
+    for key, way, port in streams:
+        out, cpu = best([way, str(proxy_port), str(port), str(opts.nbytes)], 120, "rate",
                         opts.stream_repeat)
         v[key] = out["rate"]
         if root:
@@ -1105,6 +1142,8 @@ ROWS = [
     ("down", "throughput server->client (MB/s)", "{:.0f}"),
     ("up_cpu", "proxy CPU per GiB client->server (s)", "{:.3f}"),
     ("down_cpu", "proxy CPU per GiB server->client (s)", "{:.3f}"),
+    ("up_ftp", "throughput client->server to port 21, FTP audit (MB/s)", "{:.0f}"),
+    ("up_ftp_cpu", "proxy CPU per GiB client->server to port 21 (s)", "{:.3f}"),
     ("mem_pss_fresh", "sockd idle worker PSS, fresh (KiB)", "{:.0f}"),
     ("mem_priv_fresh", "sockd idle worker private, fresh (KiB)", "{:.0f}"),
     ("mem_pss", "sockd idle worker PSS, after the load (KiB)", "{:.0f}"),
@@ -1225,11 +1264,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="processes of the echo/discard/source servers (default 2)")
     p.add_argument("--targets", default="direct,sockd,dante",
                    help="comma-separated subset of direct,sockd,dante")
+    p.add_argument("--tests", default=",".join(TESTS),
+                   help=f"comma-separated subset of {','.join(TESTS)} (ftp: the "
+                        f"client->server stream to port {FTP_PORT}, audited by sockd)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not set(args.targets) <= set(COLUMNS):
         p.error(f"--targets: choose from {', '.join(COLUMNS)}")
+    args.tests = frozenset(t.strip() for t in args.tests.split(",") if t.strip())
+    if not args.tests <= set(TESTS):
+        p.error(f"--tests: choose from {', '.join(TESTS)}")
     if not (0 < args.duration <= 60 and 0 <= args.warmup <= 10 and 1 <= args.clients <= 1000
             and 1 <= args.bytes <= 16 * GiB and 1 <= args.repeat <= 5
             and 1 <= args.stream_repeat <= 5 and 1 <= args.server_procs <= 8):
@@ -1250,7 +1295,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)
     opts = Options(args.warmup, args.duration, args.clients, args.bytes, args.repeat,
-                   args.stream_repeat)
+                   args.stream_repeat, args.tests)
     others = sorted(name for _, name in socket.if_nameindex() if name != "lo")
     if others:
         say(f"note: not in a private network namespace (also here: {', '.join(others)}); "
@@ -1270,6 +1315,8 @@ def main(argv: list[str] | None = None) -> int:
         servers = start_servers(procs, tool, args.server_procs)
         say(f"test servers: echo {servers.echo}, discard {servers.discard}, "
             f"source {servers.source}; work directory {workdir}")
+        if "ftp" in opts.tests:
+            opts.ftp_port_server = start_ftp_port_server(procs, tool, args.server_procs)
         for target in args.targets:
             if target == "direct":
                 say("direct")

@@ -68,11 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
                           ("ident", 15)):
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
     p.add_argument("--grace", type=_non_negative_float, default=30, metavar="S")
+    p.add_argument("--ftp-audit", type=_ports, default="21", metavar="PORTS",
+                   help="log the files FTP clients work on, for CONNECTs to these ports "
+                        "(comma-separated numbers or service names; empty: none)")
     p.add_argument("--proxy-protocol", type=_networks, action="append", default=[],
                    metavar="CIDR[,CIDR...]",
                    help="load balancers whose PROXY protocol headers are believed, and "
                         "required (repeatable)")
     return p
+
+
+def _ports(text: str) -> frozenset[int]:
+    """--ftp-audit: comma-separated port numbers or tcp service names; empty means none."""
+    ports = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item.isdigit():
+            port = int(item)
+        else:
+            try:
+                port = socket.getservbyname(item, "tcp")
+            except OSError:
+                raise argparse.ArgumentTypeError(f"no such tcp service: {item}") from None
+        if not 1 <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"port out of range: {item}")
+        ports.add(port)
+    return frozenset(ports)
 
 
 def _pam_service(text: str) -> str:
@@ -150,6 +170,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
         ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug,
+        ftp_audit=args.ftp_audit,
         proxy_protocol=tuple(net for nets in args.proxy_protocol for net in nets))
     return settings, args
 

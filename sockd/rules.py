@@ -849,6 +849,20 @@ class Ruleset:
             matching &= (2 << first_stop) - 1       # the rules reached: up to the stop
         return SourceVerdict.HOOK if matching & index.hooks else SourceVerdict.NEVER
 
+    def may_allow(self, command: Command | str, src: IPAddress | str, user: str,
+                  authenticated: bool) -> bool:
+        """Can any request with this command, from this client and user, be allowed, whatever
+        its destination and port?  True when an allow rule that could match comes before a
+        deny rule matching every destination and port.  Pure, a few big-integer operations;
+        used to refuse a UDP association that no destination could ever pass."""
+        index = self._index
+        src = unmapped(ipaddress.ip_address(src) if isinstance(src, str) else src)
+        candidates = (index.src.lookup(src) & index.commands[Command(command)]
+                      & (index.all if authenticated else index.no_auth)
+                      & index.users.get(user, index.any_user))
+        stops = candidates & index.any_dst & index.ports.none & ~index.allows
+        return _lowest(candidates & index.allows) < _lowest(stops)
+
     def _decide(self, candidates: int, resolved: IPAddress | None) -> Decision:
         if not candidates:
             where = "default" if self.embedded else f"{self.file}:no-match"

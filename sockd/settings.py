@@ -41,6 +41,7 @@ class Settings:
     # --proxy-protocol: the load balancers whose PROXY headers are believed (sockd.balancer)
     proxy_protocol: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     debug: bool = False
+    ftp_audit: frozenset[int] = frozenset({21})    # --ftp-audit: CONNECT ports audited as FTP
 
     @property
     def per_source_cap(self) -> int:
