@@ -718,6 +718,11 @@ class Session:
             self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             raise SessionEnd
         local = unmapped(ipaddress.ip_address(self.sock.getsockname()[0].partition("%")[0]))
+        if self.client_address is not None:
+            # Through a load balancer the client reached the balancer, not us, and datagrams
+            # do not pass a TCP balancer: the route file names our address that leads to the
+            # client, else the one the balancer reached (sockd(8), Behind a load balancer).
+            local = self._route_source(self.client_addr) or local
         try:
             association = udp.Association(local, self.client_addr, self.request.port)
         except OSError as exc:

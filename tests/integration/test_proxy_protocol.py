@@ -22,6 +22,7 @@ TRUSTED = ["--proxy-protocol", "127.0.0.1/32"]
 # 127.0.0.10 may reach loopback destinations; 127.0.0.11 may not; 127.0.0.1 (the
 # "balancer" these tests play) only for its LOCAL connections.
 RULES = """\
+permit cmd=udp 127.0.0.10/32 127.0.0.1/32
 permit 127.0.0.10 255.255.255.255 127.0.0.0 255.0.0.0 : echo hook client=%a
 permit 127.0.0.12 255.255.255.255 127.0.0.0 255.0.0.0
 permit ?=I 127.0.0.13 255.255.255.255 127.0.0.0 255.0.0.0
@@ -202,3 +203,37 @@ def test_inetd_mode_reads_the_header_too(tmp_path, echo_server):
         assert recv_exact(client, 4) == b"ping"
     assert proc.wait(timeout=30) == 0
     wait_until(lambda: "@127.0.0.10:40312 " in log.read_text(), 10, "the inetd session's line")
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_udp_through_a_balancer_answers_with_an_address_the_client_reaches(
+        sockd, tmp_path, routed):
+    """The relay is on the route file's address for the client when it has one, else on the
+    address the balancer reached; datagrams come from the real client, not the balancer."""
+    args = list(TRUSTED)
+    if routed:
+        routes = tmp_path / "sockd.route"
+        routes.write_text("127.0.0.5 127.0.0.10/32\n")
+        args += ["--route", str(routes)]
+    server = sockd(rules=RULES, args=args)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        echo.bind(("127.0.0.1", 0))
+        echo.settimeout(TIMEOUT)
+        client.bind(("127.0.0.10", 0))
+        client.settimeout(TIMEOUT)
+        request = b"\x05\x01\x00\x05\x03\x00\x01" + socket.inet_aton("127.0.0.10") + \
+            struct.pack(">H", client.getsockname()[1])
+        with through(server, header("127.0.0.10") + request) as control:
+            reply = recv_exact(control, 12)
+            assert reply[:4] == b"\x05\x00\x05\x00", reply
+            relay = (socket.inet_ntoa(reply[6:10]), struct.unpack(">H", reply[10:12])[0])
+            assert relay[0] == ("127.0.0.5" if routed else "127.0.0.1")
+            client.sendto(b"\0\0\0\x01" + socket.inet_aton("127.0.0.1")
+                          + struct.pack(">H", echo.getsockname()[1]) + b"ping", relay)
+            data, source = echo.recvfrom(100)
+            assert data == b"ping"
+            echo.sendto(b"pong", source)
+            answer, _ = client.recvfrom(100)
+            assert answer.endswith(b"pong")
+    server.wait_log(r"connected -- Udp from .*@127\.0\.0\.10:40312 ")
