@@ -178,6 +178,10 @@ class Worker(Status):
             if exc.errno in _SICK:
                 log.error("error -- accept(): %s", exc.strerror)
                 time.sleep(0.1)
+            elif exc.errno == errno.EINVAL:
+                # The master has shut the listeners down (sockd.listeners.stop): we are
+                # stopping, and our SIGTERM is on its way.  Wait for it without them.
+                self._leave_wait_set()
             elif exc.errno not in _ACCEPT_AGAIN:
                 raise
             return False

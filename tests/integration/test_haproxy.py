@@ -12,6 +12,7 @@ import itertools
 import os
 import re
 import signal
+import socketserver
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, require, wait_until
+from conftest import free_port, require, serve, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +32,7 @@ deny 0.0.0.0 0.0.0.0
 """
 BALANCER = "127.0.0.1"
 HOSTS = {"s2": "127.0.0.2", "s3": "127.0.0.3", "s4": "127.0.0.4"}
-SIZE = 128 * 1024           # bytes of the file each client fetches under load
-RATE = "256k"               # curl's --limit-rate: a session lasts about half a second
+CHUNKS, CHUNK, PAUSE = 10, 1024, 0.05  # under load: a response that takes half a second
 
 HAPROXY_CFG = """\
 global
@@ -104,16 +104,25 @@ class Fetch:
     detail: str
 
 
-def fetch(front: int, http_port: int, path: str, client: str = "127.0.0.10",
-          rate: str | None = None) -> Fetch:
+class _Trickle(socketserver.BaseRequestHandler):
+    """HTTP/1.0 answered in CHUNKS pieces, PAUSE seconds apart: a session under load is
+    always in the middle of its response, never already all in the sockets' buffers."""
+
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % (CHUNKS * CHUNK))
+        for _ in range(CHUNKS):
+            time.sleep(PAUSE)
+            self.request.sendall(b"x" * CHUNK)
+
+
+def fetch(front: int, http_port: int, path: str, client: str = "127.0.0.10") -> Fetch:
     """One curl through the balancer from *client*, on a source port of its own."""
     while True:
         port, started = next(_ports), time.monotonic()
         argv = [require("curl"), "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                 "--max-time", "30", "--socks5", f"{BALANCER}:{front}", "--interface", client,
                 "--local-port", str(port), f"http://127.0.0.1:{http_port}/{path}"]
-        if rate:
-            argv[1:1] = ["--limit-rate", rate]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=40)
         if done.returncode != 45:       # 45: the source port was taken; take another
             ok = done.returncode == 0 and done.stdout == "200"
@@ -123,29 +132,32 @@ def fetch(front: int, http_port: int, path: str, client: str = "127.0.0.10",
 class Load:
     """*clients* curl loops through the balancer until stopped."""
 
-    def __init__(self, front: int, http_port: int, clients: int = 6) -> None:
+    def __init__(self, front: int, clients: int = 6) -> None:
         self.results: list[Fetch] = []
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, args=(front, http_port))
+        self.server = serve(_Trickle)
+        port = self.server.server_address[1]
+        self.threads = [threading.Thread(target=self._loop, args=(front, port))
                         for _ in range(clients)]
         for thread in self.threads:
             thread.start()
 
     def _loop(self, front: int, http_port: int) -> None:
         while not self.stopping.is_set():
-            self.results.append(fetch(front, http_port, "big.bin", rate=RATE))
+            self.results.append(fetch(front, http_port, "slow"))
 
     def stop(self) -> list[Fetch]:
         self.stopping.set()
         for thread in self.threads:
             thread.join(60)
+        self.server.shutdown()
+        self.server.server_close()
         return self.results
 
 
 @pytest.fixture
 def farm(sockd, http_server, tmp_path):
     """Three sockd behind one HAProxy: (haproxy, {name: Sockd}, http port)."""
-    (tmp_path / "www" / "big.bin").write_bytes(os.urandom(SIZE))
     servers = {}
     for name, address in HOSTS.items():
         port = free_port(address)
@@ -187,7 +199,7 @@ def test_rules_see_the_real_client_through_the_balancer(farm):
 
 def test_a_killed_sockd_loses_only_its_own_sessions(farm):
     balancer, servers, http_port = farm
-    load = Load(balancer.front, http_port)
+    load = Load(balancer.front)
     try:
         wait_until(lambda: busy(servers["s3"]), 15, "a session on s3")
         servers["s3"].stop()                            # SIGKILL to its process group
@@ -211,7 +223,7 @@ def test_a_killed_sockd_loses_only_its_own_sessions(farm):
 def test_a_drained_sockd_loses_none(farm):
     balancer, servers, http_port = farm
     drained = servers["s4"]
-    load = Load(balancer.front, http_port)
+    load = Load(balancer.front)
     try:
         wait_until(lambda: busy(drained), 15, "a session on s4")
         drained.signal(signal.SIGTERM)
