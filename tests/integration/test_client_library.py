@@ -279,3 +279,23 @@ def test_udp_through_dante(dante):
     finally:
         stop.set()
         echo.close()
+
+
+def test_udp_through_sockd(sockd):
+    """The library's UDP ASSOCIATE against our own server: datagrams out and back, wrapped
+    and unwrapped, and the association logged."""
+    echo, stop = udp_echo(DST)
+    server = sockd()
+    try:
+        client = client_for(f"sockd @=127.0.0.1:{server.port} 127.0.0.0/8\n")
+        with socksocket(socket.AF_INET, socket.SOCK_DGRAM, client=client) as s:
+            s.settimeout(10)
+            for n in range(3):
+                s.sendto(b"dgram%d" % n, (DST, echo.getsockname()[1]))
+                data, sender = s.recvfrom(100)
+                assert data == b"echo:dgram%d" % n and sender == (DST, echo.getsockname()[1])
+    finally:
+        stop.set()
+        echo.close()
+    line = server.wait_log(r"terminated -- Udp from ")[0]
+    assert " 3 datagrams (18 bytes) from 127.0.0.1, 3 datagrams (33 bytes) to 127.0.0.1" in line
