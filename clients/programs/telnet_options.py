@@ -11,8 +11,7 @@ What we accept:
 - from the server (``WILL``): ECHO (RFC 857: the server echoes, we go character at a time) and
   SUPPRESS-GO-AHEAD (RFC 858); everything else gets ``DONT``;
 - for ourselves (``DO``): SUPPRESS-GO-AHEAD, TERMINAL-TYPE when we know the terminal, NAWS
-  when we know the window; TIMING-MARK is answered ``WILL`` without changing state (as BSD
-  telnet does, RFC 860); everything else gets ``WONT``.
+  when we know the window; everything else, TIMING-MARK included, gets ``WONT``.
 An option already in the asked state gets no answer (RFC 854: "do not acknowledge a request to
 enter a mode you are already in"), so two parties can never loop.
 """
@@ -225,7 +224,9 @@ class TelnetClient:
             events.append(TimingMark())
             return b""
         if option == TM and verb == DO:
-            return bytes((IAC, WILL, TM))   # RFC 860: marked; our state stays NO
+            # RFC 860 lets us refuse.  Saying WILL (BSD telnet does) makes telnetd take us for
+            # a "kludge linemode" client and turn SGA off, which we do not implement.
+            return bytes((IAC, WONT, TM))
         if verb in (WILL, WONT):
             return self._answer(self.him, option, verb == WILL, self._accept_him(option),
                                 (DO, DONT), "him", events)
