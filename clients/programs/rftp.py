@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import getpass
 import glob
 import ipaddress
@@ -57,7 +58,17 @@ MAX_LINE = 8192
 
 
 class FtpError(Exception):
-    """A command failed; the text is the one line shown to the user."""
+    """A command failed; the text is the one line shown to the user, unless *shown* (the
+    server's reply that says so is on the screen already)."""
+
+    def __init__(self, text: str, shown: bool = False) -> None:
+        super().__init__(text)
+        self.shown = shown
+
+
+def _refused(reply: Reply) -> FtpError:
+    # every 4xx/5xx reply is printed as it comes (`Shell.show_reply`)
+    return FtpError(reply.lines[-1], shown=True)
 
 
 class Control:
@@ -112,7 +123,7 @@ class Control:
     def expect(self, command: str, argument: str | None = None, kinds: tuple = (2,)) -> Reply:
         reply = self.command(command, argument)
         if reply.kind not in kinds:
-            raise FtpError(reply.lines[-1])
+            raise _refused(reply) if reply.kind >= 4 else FtpError(reply.lines[-1])
         return reply
 
     def _peer_is_ipv6(self) -> bool:
@@ -210,7 +221,8 @@ class Shell:
             getattr(self, "do_" + COMMANDS[name])(words[1:])
             return True
         except FtpError as e:
-            self.say(str(e))
+            if not e.shown:
+                self.say(str(e))
         except OSError as e:
             self.say(f"local: {net.reason(e)}")
         except KeyboardInterrupt:
@@ -412,7 +424,7 @@ class Shell:
                 chunks.append(chunk)
         reply = control.reply()
         if reply.kind != 2:
-            raise FtpError(reply.lines[-1])
+            raise _refused(reply)
         return b"".join(chunks)
 
     # -- transfers -----------------------------------------------------------------------------
@@ -432,12 +444,23 @@ class Shell:
             raise FtpError("usage: mget remote-files")
         failed = 0
         for pattern in args:
-            names = self._receive("NLST", pattern).decode("utf-8", "surrogateescape")
-            for name in filter(None, (n.strip("\r") for n in names.split("\n"))):
+            for name in self.remote_names(pattern):
                 if self.confirm("mget", name):
                     failed += not self._one(self.get, name, os.path.basename(name))
         if failed:
             raise FtpError(f"mget: {failed} file(s) not transferred")
+
+    def remote_names(self, pattern: str) -> list[str]:
+        """The remote files *pattern* names: a pattern with wildcards is matched here against a
+        listing of its directory (many servers, pyftpdlib among them, do not expand NLST
+        patterns), a plain name is itself."""
+        if not glob.has_magic(pattern):
+            return [pattern]
+        directory, _, base = pattern.rpartition("/")
+        listing = self._receive("NLST", directory or None).decode("utf-8", "surrogateescape")
+        names = [n.strip("\r").rpartition("/")[2] for n in listing.split("\n")]
+        return [f"{directory}/{n}" if directory else n
+                for n in sorted(fnmatch.filter(filter(None, names), base))]
 
     def do_mput(self, args: list[str]) -> None:
         if not args:
@@ -459,7 +482,8 @@ class Shell:
             transfer(source, target)
             return True
         except FtpError as e:
-            self.say(str(e))
+            if not e.shown:
+                self.say(str(e))
         except OSError as e:
             self.say(f"local: {net.reason(e)}")
         return False
@@ -527,7 +551,7 @@ class Shell:
             reply = control.reply()
             complete = reply.kind == 2
             if not complete:
-                raise FtpError(reply.lines[-1])
+                raise _refused(reply)
         finally:
             if self.moved or complete:
                 self.fascist.transfer(self.local_user, control.host, direction, remote,

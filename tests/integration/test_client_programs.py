@@ -4,21 +4,24 @@ through a real rsyslogd, the progress bar through a pty), rtelnet through a pty 
 inetutils telnetd and a line service; and each program's failure path."""
 
 import contextlib
+import hashlib
 import os
 import pty
+import pwd
 import re
 import select
 import signal
 import socketserver
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from test_syslog import rsyslog  # noqa: F401  (the fixture)
 
-from conftest import free_port, serve
+from conftest import free_port, require, serve, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +193,144 @@ def test_no_server_exit_status_and_one_line(program, args):
 def test_usage_errors_exit_2():
     assert run("rwhois").returncode == 2
     assert run("rfinger", "a\nb@127.0.0.1").returncode == 2
+
+
+# -- rftp against pyftpdlib --------------------------------------------------------------------
+
+
+@pytest.fixture
+def ftp_server(tmp_path):
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    root = tmp_path / "ftp"
+    root.mkdir()
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("user", "secret", str(root), perm="elradfmw")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+    server = FTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
+                              daemon=True)
+    thread.start()
+    yield root, server.address[1]
+    server.close_all()
+    thread.join(5)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def syslog_lines(out: Path, tag: str = "rftp[") -> list[str]:
+    text = out.read_text(errors="replace") if out.exists() else ""
+    return [line for line in text.splitlines() if tag in line]
+
+
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_rftp_binary_get_and_put(ftp_server, tmp_path, rsyslog, mode):  # noqa: F811
+    root, port = ftp_server
+    sock, out = rsyslog
+    (root / "down.bin").write_bytes(os.urandom(700_000) + b"\r\n\n\r\x00\xff")
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "up.bin").write_bytes(os.urandom(500_000) + b"\n\r\n")
+    script = ("user user secret\n"
+              + ("passive\n" if mode == "active" else "")
+              + "get down.bin\nput up.bin\nls\nbye\n")
+    result = run("rftp", "-n", "--syslog-address", str(sock), "127.0.0.1", str(port),
+                 input=script.encode(), cwd=local)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert sha256(local / "down.bin") == sha256(root / "down.bin")
+    assert sha256(root / "up.bin") == sha256(local / "up.bin")
+    assert b"down.bin" in result.stdout and b"up.bin" in result.stdout   # the ls
+    if mode == "active":
+        assert b"Passive mode: off." in result.stdout
+    lines = wait_until(lambda: len(syslog_lines(out)) >= 2 and syslog_lines(out), 15,
+                       "the FASCIST lines")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert re.fullmatch(rf"daemon\.info rftp\[\d+\]: transfer user={user} host=127\.0\.0\.1 "
+                        r"direction=get file=down\.bin bytes=700006 status=complete",
+                        lines[0]), lines
+    assert lines[1].endswith("direction=put file=up.bin bytes=500003 status=complete")
+
+
+def test_rftp_ascii_mode_converts_line_ends(ftp_server, tmp_path):
+    root, port = ftp_server
+    (root / "text.txt").write_bytes(b"one\ntwo\n")     # sent as CR LF in ASCII
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "mine.txt").write_bytes(b"a\nb\n")
+    result = run("rftp", "-n", "--no-fascist", "127.0.0.1", str(port), cwd=local,
+                 input=b"user user secret\nascii\nget text.txt\nput mine.txt\nquit\n")
+    assert result.returncode == 0, result.stdout
+    assert (local / "text.txt").read_bytes() == b"one\ntwo\n"
+    assert (root / "mine.txt").read_bytes() == b"a\nb\n"  # sent as CR LF, stored as LF
+
+
+def test_rftp_fascist_escapes_names_and_can_be_turned_off(ftp_server, tmp_path, rsyslog):  # noqa: F811
+    root, port = ftp_server
+    sock, out = rsyslog
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "a.bin").write_bytes(b"x" * 10)
+    quiet = run("rftp", "-n", "--no-fascist", "--syslog-address", str(sock), "127.0.0.1",
+                str(port), cwd=local, input=b"user user secret\nput a.bin quiet.bin\nbye\n")
+    assert quiet.returncode == 0
+    loud = run("rftp", "-n", "--fascist", "127.0.0.1", str(port), cwd=local,
+               environ=env(RFTP_SYSLOG=str(sock)),
+               input=b'user user secret\nput a.bin "odd name\x1b[2J.bin"\nbye\n')
+    assert loud.returncode == 0, loud.stdout
+    assert (root / "odd name\x1b[2J.bin").read_bytes() == b"x" * 10
+    line = wait_until(lambda: syslog_lines(out), 15, "the FASCIST line")[0]
+    assert line.endswith(r"direction=put file=odd\x20name\x1b[2J.bin bytes=10 status=complete")
+    assert len(syslog_lines(out)) == 1      # nothing from --no-fascist
+
+
+def test_rftp_netrc_login_mget_and_failure_status(ftp_server, tmp_path):
+    root, port = ftp_server
+    for name in ("m1.dat", "m2.dat"):
+        (root / name).write_bytes(name.encode() * 100)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine 127.0.0.1 login user password secret\n")
+    (home / ".netrc").chmod(0o600)
+    local = tmp_path / "local"
+    local.mkdir()
+    result = run("rftp", "-i", "--no-fascist", "127.0.0.1", str(port), cwd=local,
+                 environ=env(HOME=str(home)), input=b"pwd\nmget m*.dat\nget missing\nbye\n")
+    assert b'"/"' in result.stdout
+    assert (local / "m1.dat").read_bytes() == (root / "m1.dat").read_bytes()
+    assert (local / "m2.dat").read_bytes() == (root / "m2.dat").read_bytes()
+    assert re.search(rb"^550 .*\n", result.stdout, re.M)
+    assert result.returncode == 1               # the failed get
+
+
+def test_rftp_wrong_password(ftp_server, tmp_path):
+    _, port = ftp_server
+    result = run("rftp", "-n", "--no-fascist", "127.0.0.1", str(port), cwd=tmp_path,
+                 input=b"user user wrong\nbye\n")
+    assert b"Login failed." in result.stdout
+    assert result.returncode == 1
+
+
+def test_rftp_on_a_terminal_progress_bar_and_hash_marks(ftp_server, tmp_path, on_pty):
+    root, port = ftp_server
+    (root / "big.bin").write_bytes(os.urandom(3_000_000))
+    local = tmp_path / "local"
+    local.mkdir()
+    p = on_pty("rftp", "-n", "--no-fascist", "127.0.0.1", str(port), cwd=local)
+    p.expect(rb"220 ")
+    p.expect(rb"ftp> ")
+    p.type(b"user user secret\r")
+    p.expect(rb"230 (?s:.*)ftp> ")
+    p.type(b"get big.bin\r")
+    p.expect(rb"100% \|#+\| +2\.9 MiB +[\d.]+ [KMG]?i?B/s +\d\d:\d\d")
+    p.expect(rb"3000000 bytes received in [\d.]+ secs")
+    assert sha256(local / "big.bin") == sha256(root / "big.bin")
+    p.type(b"hash\r")
+    p.expect(rb"Hash mark printing on \(1024 bytes/hash mark\)")
+    p.type(b"get big.bin copy.bin\r")
+    p.expect(rb"#{2900,}\r\n")
+    p.type(b"bye\r")
+    assert p.wait() == 0
