@@ -15,6 +15,8 @@ How it behaves:
   the DM sent as TCP urgent data, RFC 854) and by DO TIMING-MARK; what the server sends before
   its answer is thrown away, as it is output the user asked to stop.  Urgent data from the
   server is read inline (SO_OOBINLINE), so its DM keeps its place in the stream.
+- Options are offered first only when the port is the telnet port (as BSD telnet does); on
+  other ports rtelnet only answers what the server offers.
 - Standard input that is not a terminal is read as lines sent with CR LF (scripts and tests);
   an escape character in it starts a command that runs to the end of its line.  At its end of
   file the sending side is shut down and the session lasts until the server closes.
@@ -81,8 +83,10 @@ class Closed(Exception):
 class Session:
     """One telnet session over *sock*; `run()` returns the exit status."""
 
-    def __init__(self, sock: socket.socket, host: str, escape: int | None) -> None:
+    def __init__(self, sock: socket.socket, host: str, escape: int | None,
+                 negotiate: bool = True) -> None:
         self.sock = sock
+        self.negotiate = negotiate
         self.host = host
         self.escape = escape
         self.stdin = sys.stdin.fileno()
@@ -106,7 +110,8 @@ class Session:
         old = self._install_signals(wake_w)
         try:
             self._follow_echo()
-            self.sock.sendall(self.telnet.start())
+            if self.negotiate:
+                self._send(self.telnet.start())
             while True:
                 self._step(wake_r)
         except Closed:
@@ -145,7 +150,7 @@ class Session:
             self.out.write(result.data)
             self.out.flush()
         if result.reply:
-            self.sock.sendall(result.reply)
+            self._send(result.reply)
         if any(isinstance(e, t.OptionChanged) and e.option == t.ECHO for e in result.events):
             self._follow_echo()
 
@@ -166,7 +171,18 @@ class Session:
     def _send_typed(self, data: bytes) -> None:
         if data:
             raw = self.modes is not None and self.modes.current == "raw"
-            self.sock.sendall(self.telnet.encode(data, lines=not raw))
+            self._send(self.telnet.encode(data, lines=not raw))
+
+    def _send(self, data: bytes) -> None:
+        """Send to the server; nothing once our side is shut (the end of a script), and a
+        connection the server has dropped ends the session."""
+        if not data or not self.stdin_open and not self.interactive:
+            return
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self._say("Connection closed by foreign host.")
+            raise Closed from None
 
     # -- terminal mode and signals -------------------------------------------------------------
 
@@ -201,7 +217,7 @@ class Session:
             elif signum == signal.SIGWINCH and self.interactive:
                 size = window_size(sys.stdout.fileno())
                 if size is not None:
-                    self.sock.sendall(self.telnet.resize(size))
+                    self._send(self.telnet.resize(size))
 
     # -- the telnet> prompt --------------------------------------------------------------------
 
@@ -255,22 +271,22 @@ class Session:
     def send_special(self, name: str) -> None:
         """brk, ip, ao, ayt, synch, escape or nop, as RFC 854 says to send it."""
         if name == "escape" and self.escape is not None:
-            self.sock.sendall(self.telnet.encode(bytes((self.escape,))))
+            self._send(self.telnet.encode(bytes((self.escape,))))
         elif name == "synch":
             self._synch()
         elif name in ("ip", "ao"):
             # RFC 854: IP and AO are followed by the Synch, so the server finds them even when
             # its input is blocked; DO TM marks where the output we asked to stop ends.
-            self.sock.sendall(self.telnet.command(t.IP if name == "ip" else t.AO))
+            self._send(self.telnet.command(t.IP if name == "ip" else t.AO))
             self._synch()
-            self.sock.sendall(self.telnet.flush_request())
+            self._send(self.telnet.flush_request())
         else:
             code = {"brk": t.BRK, "ayt": t.AYT, "nop": t.NOP}[name]
-            self.sock.sendall(self.telnet.command(code))
+            self._send(self.telnet.command(code))
 
     def _synch(self) -> None:
         """IAC DM with the DM as the urgent byte: the urgent pointer marks the DM (RFC 854)."""
-        self.sock.sendall(bytes((t.IAC,)))
+        self._send(bytes((t.IAC,)))
         self.sock.send(bytes((t.DM,)), socket.MSG_OOB)
 
     def _status(self) -> None:
@@ -322,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sys.stderr.write(f"Connected to {args.host}.\n"
                      f"Escape character is '{escape_name(args.escape)}'.\n")
-    return Session(sock, args.host, args.escape).run()
+    # Like BSD telnet, offer options only on the telnet port: a line service on another port
+    # would take the offers for data.
+    return Session(sock, args.host, args.escape, negotiate=args.port == PORT).run()
 
 
 if __name__ == "__main__":

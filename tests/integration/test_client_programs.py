@@ -334,3 +334,84 @@ def test_rftp_on_a_terminal_progress_bar_and_hash_marks(ftp_server, tmp_path, on
     p.expect(rb"#{2900,}\r\n")
     p.type(b"bye\r")
     assert p.wait() == 0
+
+
+# -- rtelnet ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def telnetd(tmp_path):
+    """inetutils telnetd for one connection, inetd-style (the connection on its stdin and
+    stdout), its login replaced by /bin/cat (-E); yields the port."""
+    program = require("telnetd") if os.path.exists("/usr/sbin/telnetd") is False \
+        else "/usr/sbin/telnetd"
+    port = free_port()
+    wrapper = ("import os, socket, sys\n"
+               "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+               "print('ready', flush=True)\n"
+               "s.settimeout(30)\n"
+               "c, _ = s.accept()\n"
+               "s.close()\n"
+               "os.dup2(c.fileno(), 0); os.dup2(c.fileno(), 1)\n"
+               "os.execv(sys.argv[2], ['telnetd', '-h', '-E', '/bin/cat'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, str(port), program],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert proc.stdout.readline() == b"ready\n"
+    yield port
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_rtelnet_with_telnetd_character_mode_escape_and_quit(telnetd, on_pty):
+    p = on_pty("rtelnet", "127.0.0.1", str(telnetd))
+    p.expect(rb"Escape character is '\^\]'")
+    p.type(b"hello there\r")
+    p.expect(rb"hello there\r\n(?s:.*)hello there\r\n")     # telnetd's echo, then cat's line
+    p.type(b"\x1d")
+    p.expect(rb"telnet> ")
+    p.type(b"status\n")
+    p.expect(rb"Operating character at a time\.\r\n")
+    p.expect(rb"Options: remote ECHO, remote SUPPRESS-GO-AHEAD, local TERMINAL-TYPE, "
+             rb"local NAWS")
+    p.type(b"\x1d")
+    p.expect(rb"telnet> ")
+    p.type(b"quit\n")
+    assert p.wait() == 0
+    assert b"Connection closed." in p.seen
+
+
+def test_rtelnet_send_ip_interrupts_the_remote_program(telnetd, on_pty):
+    p = on_pty("rtelnet", "127.0.0.1", str(telnetd))
+    p.type(b"still here\r")
+    p.expect(rb"still here\r\n(?s:.*)still here\r\n")
+    p.type(b"\x1d")
+    p.expect(rb"telnet> ")
+    p.type(b"send ip\n")        # IAC IP, the Synch: telnetd interrupts cat, the session ends
+    assert p.wait() == 0
+    assert b"Connection closed by foreign host." in p.seen
+
+
+def test_rtelnet_line_service_on_a_terminal(echo_server, on_pty):
+    p = on_pty("rtelnet", "127.0.0.1", str(echo_server))
+    p.expect(rb"Escape character")
+    p.type(b"one line\n")           # line by line: our terminal echoes, the service answers
+    p.expect(rb"one line\r\n(?s:.*)one line\r+\n")   # the service's CR LF, through ONLCR
+    p.type(b"\x1d")                 # ends the read as a newline would (VEOL)
+    p.expect(rb"telnet> ")
+    p.type(b"status\n")
+    p.expect(rb"Operating line by line\.")
+    p.type(b"\x1dquit\n")
+    assert p.wait() == 0
+
+
+def test_rtelnet_script_on_standard_input(echo_server):
+    result = run("rtelnet", "127.0.0.1", str(echo_server),
+                 input=b"first\nsecond \xff\n\x1dstatus\nthird\n")
+    assert result.returncode == 0, result.stderr
+    # sent as NVT lines (CR LF, IAC doubled) and echoed back as they were sent
+    assert b"first\r\nsecond \xff\r\n" in result.stdout
+    assert b"Operating line by line." in result.stdout
+    assert result.stdout.endswith(b"third\r\n")
+    assert b"Connection closed by foreign host." in result.stderr
