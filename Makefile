@@ -71,7 +71,8 @@ install.clients: $(DESTDIR)$(LIBDIR)/sockd/bin/python
 	$(DESTDIR)$(LIBDIR)/sockd/bin/python -m pip install -q .
 
 install.man:
-	install -d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 444 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 444 man/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 444 man/*.8 $(DESTDIR)$(MANDIR)/man8/
 
