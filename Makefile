@@ -75,8 +75,11 @@ install.clients: $(DESTDIR)$(LIBDIR)/sockd/bin/python install.man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/sockd
 	ln -sf $(LIBDIR)/sockd/bin/socksify $(DESTDIR)$(BINDIR)/socksify
 	ln -sf $(LIBDIR)/sockd/bin/test_socks_conf $(DESTDIR)$(BINDIR)/test_socks_conf
+	for p in rfinger rwhois rtelnet rftp; do \
+	  ln -sf $(LIBDIR)/sockd/bin/$$p $(DESTDIR)$(BINDIR)/$$p; done
 	install -m 644 init/socks.conf $(DESTDIR)$(DATADIR)/sockd/socks.conf.sample
-	@echo "socksify and test_socks_conf installed in $(BINDIR); sample: $(DATADIR)/sockd/socks.conf.sample"
+	@echo "socksify, test_socks_conf, rfinger, rwhois, rtelnet and rftp installed in $(BINDIR);" \
+	  "sample: $(DATADIR)/sockd/socks.conf.sample"
 
 install.man:
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8

@@ -472,6 +472,11 @@ class socksocket(RealSocket):  # noqa: N801 (named like the class it stands in f
             return _as_sockaddr(self._udp_default, self.family)
         return super().getpeername()
 
+    @property
+    def via_proxy(self) -> bool:
+        """True when this socket's connection (or BIND) goes through a SOCKS server."""
+        return self._proxied is not None
+
     def getsockname(self):
         self._ready()
         if self._proxied is not None and self._proxied.bound is not None:

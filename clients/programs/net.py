@@ -10,34 +10,38 @@ Owns two calls and the wording of their failures:
 
 It must not print, exit or retry: the programs decide what a failure means.
 
-THE LIBRARY PLUGS IN HERE.  Today both calls are direct (plain sockets).  When the SOCKS client
-library (`clients.sockssocket`) is available, `connect` is its ``create_connection`` (socks.conf
-decides: direct, through sockd, or refused) and `listen_for` is its socket class bound after a
-connect to the control connection's peer: a SOCKS BIND, whose ``getsockname`` is the address
-the proxy listens on and whose ``accept`` waits for the second reply.
+Both calls go through the SOCKS client library (`clients.sockssocket`), so socks.conf
+decides: direct, through sockd, or refused (`clients.errors.SocksRefused`, an OSError).
+`listen_for` after a control connection that went through a proxy is a SOCKS BIND (the
+library binds for the host and port of the last proxied connect, as CSTC's Rbind did):
+``getsockname`` is the address the proxy listens on, ``accept`` waits for its second reply.
 """
 
 from __future__ import annotations
 
 import socket
 
+from clients import sockssocket
+
 ACCEPT_TIMEOUT = 60.0       # seconds an active-mode data connection may take to come
 
 
 def connect(host: str, port: int, timeout: float | None) -> socket.socket:
-    """A TCP connection to (host, port); raises OSError (socket.gaierror for a bad name)."""
-    return socket.create_connection((host, port), timeout=timeout)
+    """A TCP connection to (host, port), routed by socks.conf; raises OSError
+    (socket.gaierror for a bad name, SocksRefused when socks.conf or the proxy refuses)."""
+    return sockssocket.create_connection((host, port), timeout=timeout)
 
 
 def listen_for(control: socket.socket) -> socket.socket:
-    """A socket listening for one connection from the peer of *control*, on the local address
-    of *control* (the address that peer can reach), with an `ACCEPT_TIMEOUT` on accept."""
-    local = control.getsockname()
-    listener = socket.socket(control.family, socket.SOCK_STREAM)
+    """A socket waiting for one connection from the peer of *control*, with an
+    `ACCEPT_TIMEOUT` on accept: a SOCKS BIND when *control* went through a proxy, else a
+    listener on the local address of *control* (the address its peer can reach)."""
+    proxied = getattr(control, "via_proxy", False)
+    listener = sockssocket.socksocket(control.family, socket.SOCK_STREAM)
     try:
-        listener.bind((local[0], 0))
-        listener.listen(1)
         listener.settimeout(ACCEPT_TIMEOUT)
+        listener.bind(("", 0) if proxied else (control.getsockname()[0], 0))
+        listener.listen(1)
     except OSError:
         listener.close()
         raise

@@ -415,3 +415,104 @@ def test_rtelnet_script_on_standard_input(echo_server):
     assert b"Operating line by line." in result.stdout
     assert result.stdout.endswith(b"third\r\n")
     assert b"Connection closed by foreign host." in result.stderr
+
+
+# -- through socks.conf: via sockd, or refused ---------------------------------------------------
+# 127.0.0.1 always goes direct (socks.conf(5)); these servers listen on 127.0.0.2.
+
+FAR = "127.0.0.2"
+
+
+def socks_env(tmp_path, text: str) -> dict:
+    conf = tmp_path / "socks.conf"
+    conf.write_text(text)
+    return env(SOCKS_CONF=str(conf))
+
+
+@pytest.fixture
+def far_line_server():
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while not data.endswith(b"\r\n"):
+                chunk = self.request.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+            self.request.sendall(b"answer to " + data)
+
+    server = serve(Handler, FAR)
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_rfinger_and_rwhois_go_through_sockd(sockd, far_line_server, tmp_path):
+    server = sockd()
+    environ = socks_env(tmp_path, f"sockd @=127.0.0.1:{server.port} 127.0.0.0/8\n")
+    finger = run("rfinger", "-p", str(far_line_server), f"alice@{FAR}", environ=environ)
+    assert finger.returncode == 0, finger.stderr
+    assert finger.stdout == b"answer to alice\r\n"
+    whois = run("rwhois", "-h", FAR, "-p", str(far_line_server), "example", environ=environ)
+    assert whois.returncode == 0, whois.stderr
+    assert whois.stdout == b"answer to example\r\n"
+    assert len(server.wait_log(rf"terminated -- Connect from .* to {FAR}:{far_line_server} ",
+                               count=2)) == 2
+
+
+@pytest.mark.parametrize("program, args", [
+    ("rfinger", ["-p", "79", f"alice@{FAR}"]),
+    ("rwhois", ["-h", FAR, "example"]),
+    ("rtelnet", [FAR, "23"]),
+    ("rftp", ["-n", FAR]),
+])
+def test_refused_by_socks_conf(tmp_path, program, args):
+    environ = socks_env(tmp_path, "deny 0.0.0.0/0\n")
+    result = run(program, *args, input=b"bye\n", environ=environ)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.decode().splitlines()
+             if not line.startswith("Trying ")]
+    assert len(lines) == 1 and "denied by socks.conf" in lines[0], lines
+
+
+@pytest.fixture
+def far_ftp_server(tmp_path):
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    root = tmp_path / "farftp"
+    root.mkdir()
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("user", "secret", str(root), perm="elradfmw")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+    server = FTPServer((FAR, free_port(FAR)), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
+                              daemon=True)
+    thread.start()
+    yield root, server.address[1]
+    server.close_all()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("mode", ["passive", "active"])
+def test_rftp_through_sockd(sockd, far_ftp_server, tmp_path, mode):
+    """Passive data connections are SOCKS CONNECTs; active ones come back through SOCKS BIND."""
+    root, port = far_ftp_server
+    (root / "down.bin").write_bytes(os.urandom(400_000))
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "up.bin").write_bytes(os.urandom(300_000))
+    server = sockd()
+    environ = socks_env(tmp_path, f"sockd @=127.0.0.1:{server.port} 127.0.0.0/8\n")
+    script = ("user user secret\n" + ("passive\n" if mode == "active" else "")
+              + "get down.bin\nput up.bin\nbye\n")
+    result = run("rftp", "-n", "--no-fascist", FAR, str(port), input=script.encode(),
+                 cwd=local, environ=environ)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert sha256(local / "down.bin") == sha256(root / "down.bin")
+    assert sha256(root / "up.bin") == sha256(local / "up.bin")
+    if mode == "active":
+        assert len(server.wait_log(r"terminated -- Bind from ", count=2)) == 2
+    else:
+        server.wait_log(rf"terminated -- Connect from .* to {FAR}:", count=3)
