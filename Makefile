@@ -63,15 +63,27 @@ install.server: $(DESTDIR)$(LIBDIR)/sockd/bin/python install.man
 	ln -sf $(LIBDIR)/sockd/bin/sockd $(DESTDIR)$(BINDIR)/sockd
 	ln -sf $(LIBDIR)/sockd/bin/test_sockd_conf $(DESTDIR)$(BINDIR)/test_sockd_conf
 	ln -sf $(LIBDIR)/sockd/bin/sockpasswd $(DESTDIR)$(BINDIR)/sockpasswd
-	install -m 644 $(filter-out init/pam.d,$(wildcard init/*)) $(DESTDIR)$(DATADIR)/sockd/init/
+	install -m 644 $(filter-out init/pam.d init/socks.conf,$(wildcard init/*)) \
+		$(DESTDIR)$(DATADIR)/sockd/init/
 	install -m 644 init/pam.d/sockd $(DESTDIR)$(DATADIR)/sockd/init/pam.d/
 	@echo "sockd installed in $(BINDIR); start-up files and a PAM sample in $(DATADIR)/sockd/init"
 
-install.clients: $(DESTDIR)$(LIBDIR)/sockd/bin/python
+# The client programs, their pages, and a commented sample socks.conf (never /etc: the
+# administrator copies it).
+install.clients: $(DESTDIR)$(LIBDIR)/sockd/bin/python install.man
 	$(DESTDIR)$(LIBDIR)/sockd/bin/python -m pip install -q .
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/sockd
+	ln -sf $(LIBDIR)/sockd/bin/socksify $(DESTDIR)$(BINDIR)/socksify
+	ln -sf $(LIBDIR)/sockd/bin/test_socks_conf $(DESTDIR)$(BINDIR)/test_socks_conf
+	for p in rfinger rwhois rtelnet rftp; do \
+	  ln -sf $(LIBDIR)/sockd/bin/$$p $(DESTDIR)$(BINDIR)/$$p; done
+	install -m 644 init/socks.conf $(DESTDIR)$(DATADIR)/sockd/socks.conf.sample
+	@echo "socksify, test_socks_conf, rfinger, rwhois, rtelnet and rftp installed in $(BINDIR);" \
+	  "sample: $(DATADIR)/sockd/socks.conf.sample"
 
 install.man:
-	install -d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 444 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 444 man/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 444 man/*.8 $(DESTDIR)$(MANDIR)/man8/
 

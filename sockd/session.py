@@ -309,9 +309,9 @@ class Session:
         if self.client_address is not None:
             # The client's identd knows a connection to the balancer, not to us.
             return ident.IdentAnswer.no_answer("behind a load balancer")
-        local_addr, local_port = self.sock.getsockname()[:2]
+        local_addr, local_port = self.local_address
         self.status.identifying()
-        return ident.query(self.client, self.client_port, local_addr, local_port,
+        return ident.query(self.client, self.client_port, str(local_addr), local_port,
                            self.settings.ident_timeout)
 
     def _claimed_user(self) -> str | None:
@@ -486,15 +486,23 @@ class Session:
             return
         if destination.means_this_host(address):
             self._refuse("destination means this host")
-        if self.own_listeners().reached_by(address, self.request.port, resolver.is_local):
+        if self.reaches_own_listener(address):
             self._refuse("destination is a listener of this server")
 
-    def own_listeners(self) -> destination.OwnListeners:
-        """--listen (or the default), and the port this client reached, on any local
-        address: a systemd or inetd socket may listen on every address."""
-        reached = self.sock.getsockname()[1]
-        return configured_listeners(self.settings.listen) | destination.OwnListeners(
-            any_address_ports=frozenset({reached}))
+    def reaches_own_listener(self, address: resolver.IPAddress) -> bool:
+        """Would connecting to *address* at the requested port reach one of our listeners:
+        those of --listen (or the default), or the port this client reached, on any local
+        address (a systemd or inetd socket may listen on every address)?"""
+        port = self.request.port
+        return (configured_listeners(self.settings.listen).reached_by(address, port,
+                                                                      resolver.is_local)
+                or (port == self.local_address[1] and resolver.is_local(address)))
+
+    @functools.cached_property
+    def local_address(self) -> tuple[resolver.IPAddress, int]:
+        """The address and port the client connected to (unmapped)."""
+        host, port = self.sock.getsockname()[:2]
+        return unmapped(ipaddress.ip_address(host.partition("%")[0])), port
 
     def _next_event(self, deadline: float):
         """The next handshake event, reading from the client as needed."""
@@ -618,7 +626,7 @@ class Session:
         the address the client reached (in *expected*'s family when they differ)."""
         local = self._route_source(expected) if not expected.is_unspecified else None
         if local is None:
-            local = unmapped(ipaddress.ip_address(self.sock.getsockname()[0].partition("%")[0]))
+            local = self.local_address[0]
             if not expected.is_unspecified and local.version != unmapped(expected).version:
                 local = ipaddress.ip_address("::" if expected.version == 6 else "0.0.0.0")
         listener = socket.socket(socket.AF_INET6 if local.version == 6 else socket.AF_INET,
@@ -717,7 +725,7 @@ class Session:
             log.info("refused -- %s. Error: no rule allows udp for this client", self.story())
             self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             raise SessionEnd
-        local = unmapped(ipaddress.ip_address(self.sock.getsockname()[0].partition("%")[0]))
+        local = self.local_address[0]
         if self.client_address is not None:
             # Through a load balancer the client reached the balancer, not us, and datagrams
             # do not pass a TCP balancer: the route file names our address that leads to the
@@ -846,7 +854,7 @@ class Session:
         if destination.means_this_host(self.target):
             log.info("refused -- %s. Error: destination means this host", self.story())
             raise DestinationRefused
-        if self.own_listeners().reached_by(self.target, self.request.port, resolver.is_local):
+        if self.reaches_own_listener(self.target):
             log.info("refused -- %s. Error: destination is a listener of this server",
                      self.story())
             raise DestinationRefused
