@@ -38,6 +38,11 @@ Metrics (doc/benchmarks.md says more):
                     /proc/PID/stat before and after the load.
   worker memory     PSS and private memory (/proc/PID/smaps_rollup) of idle
                     sockd workers: the median over the pool.
+  HAProxy           the handshakes again, through HAProxy (mode tcp,
+                    send-proxy-v2, round robin) to two sockd that trust it
+                    (--proxy-protocol), each with half of the one sockd's pool:
+                    one line under the table, with the ratio to one sockd
+                    reached directly, so that the balancer hop has a price.
 
 Each handshake test runs --repeat times (default 2), each throughput test
 --stream-repeat times (default 3), and the best run counts: on a shared
@@ -45,12 +50,13 @@ machine, anything else running only ever makes a run slower.
 
 Usage: scripts/bench.py [--markdown] [--duration S] [--warmup S] [--clients N]
                         [--bytes N] [--repeat N] [--stream-repeat N]
-                        [--targets direct,sockd,dante]
+                        [--targets direct,sockd,dante,haproxy]
                         [--tests handshakes,throughput,ftp] [--keep]
 """
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -71,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") \
     if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 DANTED = "/usr/sbin/danted"
+HAPROXY = "/usr/sbin/haproxy"
 LOOPBACK = "127.0.0.1"
 FTP_PORT = 21             # sockd's default --ftp-audit port
 TESTS = ("handshakes", "throughput", "ftp")   # --tests: what to measure
@@ -80,6 +87,25 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SOCKD_POOL = ("--min-spare", "60", "--max-spare", "80", "--max-workers", "100")
 SOCKD_IDLE_WANTED = 60
+# Behind HAProxy: two sockd sharing the one sockd's pool between them.
+BACKEND_POOL = ("--min-spare", "30", "--max-spare", "40", "--max-workers", "50")
+BACKEND_IDLE_WANTED = 30
+HAPROXY_CONF = """\
+global
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend socks
+    bind 127.0.0.1:{port}
+    default_backend sockd
+backend sockd
+    balance roundrobin
+    default-server send-proxy-v2 check inter 1s
+{servers}
+"""
 SOCKD_RULES = "permit 127.0.0.0 255.0.0.0 127.0.0.0 255.0.0.0\n"
 
 # Dante, configured to do what sockd does here: loopback clients, loopback
@@ -981,6 +1007,36 @@ def start_sockd(procs: Processes, workdir: Path, servers: Servers) -> tuple[Star
     return started, port
 
 
+def start_backend(procs: Processes, workdir: Path, n: int) -> tuple[Started, int]:
+    """A sockd behind HAProxy: it trusts 127.0.0.1's PROXY headers and requires them, so
+    it is ready when its workers are (a direct CONNECT would be refused)."""
+    conf = workdir / f"sockd-{n}.conf"
+    conf.write_text(SOCKD_RULES)
+    log = workdir / f"sockd-{n}.log"
+    port = free_port()
+    started = procs.start(f"sockd {n}", [PYTHON, "-m", "sockd", "-f", "-l", f"{LOOPBACK}:{port}",
+                                         "-c", str(conf), "--log", str(log), *BACKEND_POOL,
+                                         "--proxy-protocol", LOOPBACK],
+                          logs=(workdir / f"sockd-{n}.stderr", log), cwd=str(ROOT))
+    wait_until(f"{BACKEND_IDLE_WANTED} idle workers",
+               lambda: len(idle_workers(started.pid)) >= BACKEND_IDLE_WANTED, started, 30)
+    return started, port
+
+
+def start_haproxy(procs: Processes, workdir: Path, servers: Servers,
+                  backends: list[int]) -> tuple[Started, int]:
+    if not os.access(HAPROXY, os.X_OK):
+        raise BenchError(f"no {HAPROXY}: install haproxy (scripts/install-deps bench)")
+    port = free_port()
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(port=port, servers="\n".join(
+        f"    server s{n} {LOOPBACK}:{p}" for n, p in enumerate(backends, 1))))
+    started = procs.start("HAProxy", [HAPROXY, "-db", "-f", str(conf)],
+                          logs=(workdir / "haproxy.stderr",))
+    wait_until("working CONNECT", lambda: socks5_connect_ok(port, servers.echo), started, 30)
+    return started, port
+
+
 def start_dante(procs: Processes, workdir: Path, servers: Servers) -> tuple[Started, int]:
     if not os.access(DANTED, os.X_OK):
         raise BenchError(f"no {DANTED}: install dante-server (scripts/install-deps bench)")
@@ -1151,6 +1207,7 @@ ROWS = [
     ("errors", "client errors", "{:.0f}"),
 ]
 COLUMNS = ("direct", "sockd", "dante")
+TARGETS = (*COLUMNS, "haproxy")
 HEADERS = ("metric", "direct", "sockd", "Dante", "sockd/Dante", "sockd/direct")
 
 
@@ -1172,6 +1229,23 @@ def table_rows(results: dict[str, Result], opts: Options) -> list[list[str]]:
             cells.append(f"{x / y:.2f}" if x is not None and y and key != "errors" else "—")
         rows.append(cells)
     return rows
+
+
+def balancer_line(results: dict[str, Result], opts: Options) -> str | None:
+    """The handshakes through HAProxy to two sockd, and their ratio to one sockd directly."""
+    balanced = results.get("haproxy")
+    if balanced is None:
+        return None
+    direct = results["sockd"].values if "sockd" in results else {}
+    parts = []
+    for key, what in (("seq", "sequential"), ("conc", f"concurrent ({opts.clients} clients)")):
+        value = balanced.values.get(key)
+        if value is None:
+            continue
+        ratio = f" = {value / direct[key]:.2f} x one sockd directly" if direct.get(key) else ""
+        parts.append(f"{what} {value:.0f}/s{ratio}")
+    return ("through HAProxy (send-proxy-v2) to 2 sockd: handshakes/s " + "; ".join(parts)
+            + f"; {balanced.errors} client errors")
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -1262,16 +1336,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="runs of each throughput test; the best counts (default 3)")
     p.add_argument("--server-procs", type=int, default=2,
                    help="processes of the echo/discard/source servers (default 2)")
-    p.add_argument("--targets", default="direct,sockd,dante",
-                   help="comma-separated subset of direct,sockd,dante")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)} (haproxy: the "
+                        "handshakes through HAProxy to two sockd)")
     p.add_argument("--tests", default=",".join(TESTS),
                    help=f"comma-separated subset of {','.join(TESTS)} (ftp: the "
                         f"client->server stream to port {FTP_PORT}, audited by sockd)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not set(args.targets) <= set(COLUMNS):
-        p.error(f"--targets: choose from {', '.join(COLUMNS)}")
+    if not set(args.targets) <= set(TARGETS):
+        p.error(f"--targets: choose from {', '.join(TARGETS)}")
     args.tests = frozenset(t.strip() for t in args.tests.split(",") if t.strip())
     if not args.tests <= set(TESTS):
         p.error(f"--tests: choose from {', '.join(TESTS)}")
@@ -1337,6 +1412,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"PSS {pss_after:.0f} KiB, private {private_after:.0f} KiB after the load "
                     f"(median of {count})")
                 procs.stop(sockd)
+            elif target == "haproxy":
+                if "handshakes" not in opts.tests:
+                    continue
+                say("HAProxy to two sockd: starting (each " + " ".join(BACKEND_POOL) + ")")
+                backends = [start_backend(procs, workdir, n) for n in (1, 2)]
+                balancer, port = start_haproxy(procs, workdir, servers,
+                                               [p for _, p in backends])
+                results["haproxy"] = measure(tool, servers, None, port, dataclasses.replace(
+                    opts, tests=frozenset({"handshakes"})))
+                for started in (balancer, *(b for b, _ in backends)):
+                    procs.stop(started)
             elif target == "dante":
                 say("Dante: starting")
                 dante, port = start_dante(procs, workdir, servers)
@@ -1370,9 +1456,15 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print()
     print(text_table(rows))
+    balanced = balancer_line(results, opts)
+    if balanced:
+        print(balanced)
     if args.markdown:
         print()
         print(markdown_table(rows))
+        if balanced:
+            print()
+            print(balanced)
     total = sum(r.errors for r in results.values())
     say(f"done in {time.monotonic() - began:.0f} s" +
         (f"; {total} client errors (see the table)" if total else ""))

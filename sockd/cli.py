@@ -6,6 +6,7 @@ be bound or the workers cannot start.
 """
 
 import argparse
+import ipaddress
 import logging
 import os
 import pwd
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ftp-audit", type=_ports, default="21", metavar="PORTS",
                    help="log the files FTP clients work on, for CONNECTs to these ports "
                         "(comma-separated numbers or service names; empty: none)")
+    p.add_argument("--proxy-protocol", type=_networks, action="append", default=[],
+                   metavar="CIDR[,CIDR...]",
+                   help="load balancers whose PROXY protocol headers are believed, and "
+                        "required (repeatable)")
     return p
 
 
@@ -94,6 +99,17 @@ def _pam_service(text: str) -> str:
     if problem := auth.pam_service_problem(text):
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """CIDR[,CIDR...]: an address alone is one host; host bits after the mask are an error."""
+    networks = []
+    for part in text.split(","):
+        try:
+            networks.append(ipaddress.ip_network(part.strip()))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad network {part.strip()!r}: {exc}") from None
+    return networks
 
 
 def _positive_int(text: str) -> int:
@@ -154,7 +170,8 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
         ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug,
-        ftp_audit=args.ftp_audit)
+        ftp_audit=args.ftp_audit,
+        proxy_protocol=tuple(net for nets in args.proxy_protocol for net in nets))
     return settings, args
 
 
@@ -264,10 +281,18 @@ def serve_inetd(settings: Settings, ruleset, passwords) -> int:
     except OSError as exc:
         return _fail(settings, f"cannot become user {settings.user}: {_reason(exc)}",
                      EXIT_LISTEN)
+    from sockd import balancer
+
     sock = socket.socket(fileno=os.dup(0))
     runner = hooks.HookRunner(logger=log)
     try:
-        Session(sock, settings, ruleset, runner, Status(), passwords).run()
+        arrival = balancer.arrival(sock, sock.getpeername(), settings.proxy_protocol,
+                                   settings.negotiate_timeout)
+        if arrival is None:
+            sock.close()
+        else:
+            Session(sock, settings, ruleset, runner, Status(), passwords,
+                    client_address=arrival.client_address, preread=arrival.preread).run()
     except OSError:
         sock.close()
     runner.wait()

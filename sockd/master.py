@@ -35,9 +35,9 @@ import signal
 import socket
 import time
 
+from sockd import listeners, pool, proctitle, route, rules
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
-from sockd import pool, proctitle, route, rules
 from sockd.failures import LoginFailures
 from sockd.passwords import PasswordTable
 from sockd.scoreboard import Scoreboard, Slot, State
@@ -308,7 +308,7 @@ class Master:
 
     def close_listeners(self) -> None:
         for sock in self.listeners:
-            sock.close()
+            listeners.stop(sock)
 
     # -- what the administrator sees -------------------------------------------------
 

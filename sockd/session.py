@@ -48,6 +48,7 @@ from sockd.ftpaudit import Audit
 from sockd.log import escape
 from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
+from sockd.proxyproto import SIGNATURE_V2, looks_like_header
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
 from sockd.settings import Settings
@@ -147,9 +148,13 @@ class Session:
     status: Status
     passwords: PasswordTable | None = None
     lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
+    # Through a trusted load balancer (sockd.balancer): the client's real address and port
+    # from its PROXY header, and the bytes the client sent after the header.
+    client_address: tuple[str, int] | None = None
+    preread: bytes = b""
 
     def __post_init__(self) -> None:
-        peer = self.sock.getpeername()
+        peer = self.client_address or self.sock.getpeername()
         self.client_addr = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
         self.client = str(self.client_addr)
         self.client_port = peer[1]
@@ -170,6 +175,8 @@ class Session:
         self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
+        self.handshake.feed(self.preread)
+        self._head = self.preread[:len(SIGNATURE_V2)]  # the client's first bytes
 
     # -- the steps, in order ------------------------------------------------
 
@@ -299,6 +306,9 @@ class Session:
 
     def _ask_identd(self) -> ident.IdentAnswer:
         """Ask the client host's identd, from the address the client reached."""
+        if self.client_address is not None:
+            # The client's identd knows a connection to the balancer, not to us.
+            return ident.IdentAnswer.no_answer("behind a load balancer")
         local_addr, local_port = self.local_address
         self.status.identifying()
         return ident.query(self.client, self.client_port, str(local_addr), local_port,
@@ -500,13 +510,19 @@ class Session:
             try:
                 event = self.handshake.next_event()
             except ProtocolError as exc:
-                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
+                reason = exc.reason
+                if self.handshake.version is None and looks_like_header(self._head):
+                    reason = "PROXY protocol header from an address --proxy-protocol does " \
+                             "not trust"
+                log.info("error -- %s from host %s session=%s", reason, self.peer, self.id)
                 if exc.reply:
                     self._send(exc.reply)
                 raise SessionEnd from None
             if event is not protocol.NEED_DATA:
                 return event
-            self.handshake.feed(self._recv(deadline))
+            data = self._recv(deadline)
+            self._head += data[:len(SIGNATURE_V2) - len(self._head)]
+            self.handshake.feed(data)
 
     def _recv(self, deadline: float) -> bytes:
         """Read from the client; the socket's SO_RCVTIMEO slices the wait (negotiate())."""
@@ -526,6 +542,11 @@ class Session:
                 raise SessionEnd from None
             if data:
                 return data
+            if not self._head:
+                # A balancer's TCP health check: connect, then close.  Not worth a line.
+                log.debug("client %s closed the connection before sending a byte session=%s",
+                          self.peer, self.id)
+                raise SessionEnd
             log.info("error -- client %s closed the connection while negotiating session=%s",
                      self.peer, self.id)
             raise SessionEnd
@@ -705,6 +726,11 @@ class Session:
             self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             raise SessionEnd
         local = self.local_address[0]
+        if self.client_address is not None:
+            # Through a load balancer the client reached the balancer, not us, and datagrams
+            # do not pass a TCP balancer: the route file names our address that leads to the
+            # client, else the one the balancer reached (sockd(8), Behind a load balancer).
+            local = self._route_source(self.client_addr) or local
         try:
             association = udp.Association(local, self.client_addr, self.request.port)
         except OSError as exc:
