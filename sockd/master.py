@@ -17,8 +17,12 @@ loop:
   they have left they still count against --max-workers: the pool never
   holds more workers than that, whatever their generation.
 * TERM stops accepting within a second (every process closes its listeners),
-  lets the sessions in flight finish for up to --grace seconds, then exits 0.
-* INT stops at once.
+  lets the sessions in flight finish for up to --grace seconds, then cuts
+  the rest as INT does, and exits 0.
+* INT stops at once: it cuts the sessions in flight (SIGINT to each worker,
+  whose relay returns on its next tick, so that each session writes its
+  closing line), waits CUT_WAIT seconds for the workers, kills what is
+  left, and exits 0.  A second INT kills at once.
 * USR1 logs one status line.
 
 A worker exiting with EXIT_BOOT_ERROR means workers cannot start at all (a
@@ -49,6 +53,7 @@ log = logging.getLogger("sockd")
 EXIT_OK = 0
 EXIT_WORKERS_FAILED = 3
 TICK = 1.0
+CUT_WAIT = 2 * TICK     # seconds a cut worker has to write its session's closing line
 _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
             signal.SIGCHLD)
 
@@ -93,6 +98,7 @@ class Master:
         self.warned = False
         self.pending: list[int] = []
         self.stop_deadline: float | None = None
+        self.cut_deadline: float | None = None
         self.exit_code: int | None = None
         self.served_by_gone = 0
         self.next_tick = 0.0
@@ -181,11 +187,14 @@ class Master:
             self.signal_workers(signal.SIGTERM)
 
     def handle_int(self) -> None:
+        if self.cut_deadline is not None:   # a second INT: no more waiting
+            self.halt(EXIT_OK)
+            return
         log.info("stopping now -- letting no session finish")
-        self.close_listeners()
-        self.signal_workers(signal.SIGKILL)
-        self.wait_for_workers()
-        self.exit_code = EXIT_OK
+        if self.stop_deadline is None:
+            self.close_listeners()
+        self.stop_deadline = time.monotonic()
+        self.cut_sessions()
 
     handle_quit = handle_int
 
@@ -283,13 +292,21 @@ class Master:
 
     def check_drained(self) -> None:
         if not self.workers:
-            log.info("stopped -- every session finished")
+            if self.cut_deadline is None:
+                log.info("stopped -- every session finished")
             self.exit_code = EXIT_OK
+        elif self.cut_deadline is not None:
+            if time.monotonic() >= self.cut_deadline:
+                self.halt(EXIT_OK)      # workers that were not relaying, or are stuck
         elif time.monotonic() >= self.stop_deadline:
             log.info("stopped -- grace period over, %d sessions cut", len(self.workers))
-            self.signal_workers(signal.SIGKILL)
-            self.wait_for_workers()
-            self.exit_code = EXIT_OK
+            self.cut_sessions()
+
+    def cut_sessions(self) -> None:
+        """Ask every worker to end its session now (its relay returns and the session logs
+        its closing line), and give them CUT_WAIT seconds before they are killed."""
+        self.cut_deadline = time.monotonic() + CUT_WAIT
+        self.signal_workers(signal.SIGINT)
 
     def halt(self, code: int) -> None:
         self.close_listeners()

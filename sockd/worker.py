@@ -94,6 +94,7 @@ class Worker(Status):
         self.failures = failures
         self.master_pid = os.getpid()
         self.stopping = False
+        self.cut = False                # INT: end the session now, with its closing line
         self.served = 0
         self.client = ""
         self.waiting = False            # the listeners are in our epoll's wait set
@@ -124,7 +125,7 @@ class Worker(Status):
     def init_process(self) -> None:
         """Runs in the child: signals, privileges, the wait set, the title."""
         signal.signal(signal.SIGTERM, self._record_stop)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, self._record_cut)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -141,6 +142,11 @@ class Worker(Status):
 
     def _record_stop(self, signum, frame) -> None:
         self.stopping = True
+
+    def _record_cut(self, signum, frame) -> None:
+        # The relay sees it on its next tick (within a second), returns, and the session
+        # writes its closing line; the master kills a worker not relaying after a moment.
+        self.stopping = self.cut = True
 
     def serve_forever(self) -> None:
         """Wait for a client, serve it, until told to stop or retired."""
@@ -299,4 +305,4 @@ class Worker(Status):
         if self.stopping and self.listeners:
             self._stop_listening()
         self.hook_runner.reap()
-        return True
+        return not self.cut
