@@ -43,6 +43,7 @@ from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd import pool, proctitle, route, rules
 from sockd.failures import LoginFailures
+from sockd.notify import Notifier
 from sockd.passwords import PasswordTable
 from sockd.scoreboard import Scoreboard, Slot, State
 from sockd.settings import Settings
@@ -92,6 +93,7 @@ class Master:
         self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
         self.board = Scoreboard(2 * settings.max_workers)
         self.failures = LoginFailures()
+        self.notifier = Notifier()     # before any fork: takes NOTIFY_SOCKET out of environ
         self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
         self.generation = 1
         self.spawn_rate = 1
@@ -113,6 +115,7 @@ class Master:
         gc.collect()
         gc.freeze()  # what the master built stays shared with the workers, page for page
         self.spawn_workers(self.settings.min_spare)
+        self.notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
         while self.exit_code is None:
             self.sleep()
             self.dispatch_signals()
@@ -170,6 +173,7 @@ class Master:
         except OSError as exc:
             log.error("error -- reload failed, the rules in force stay: %s", exc)
             return
+        self.notifier.send("RELOADING=1")
         self.rules, self.passwords = new_rules, new_passwords
         self.generation += 1
         log.info("reloaded -- generation %d", self.generation)
@@ -177,12 +181,14 @@ class Master:
         self.signal_workers(signal.SIGTERM, older_than=self.generation)
         self.spawn_workers(min(self.settings.min_spare,
                                self.settings.max_workers - len(self.workers)))
+        self.notifier.send("READY=1", f"STATUS=serving, generation {self.generation}")
 
     def handle_term(self) -> None:
         if self.stop_deadline is None:
             log.info("stopping -- letting %d workers finish for up to %g s",
                      len(self.workers), self.settings.grace)
             self.stop_deadline = time.monotonic() + self.settings.grace
+            self.notifier.send("STOPPING=1", "STATUS=letting sessions finish")
             self.close_listeners()
             self.signal_workers(signal.SIGTERM)
 
@@ -191,6 +197,7 @@ class Master:
             self.halt(EXIT_OK)
             return
         log.info("stopping now -- letting no session finish")
+        self.notifier.send("STOPPING=1", "STATUS=cutting sessions")
         if self.stop_deadline is None:
             self.close_listeners()
         self.stop_deadline = time.monotonic()
