@@ -41,11 +41,11 @@ import time
 
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
-from sockd import pool, proctitle, route, rules
+from sockd import pool, proctitle, route, rules, scoreboard
 from sockd.failures import LoginFailures
 from sockd.notify import Notifier
 from sockd.passwords import PasswordTable
-from sockd.scoreboard import Scoreboard, Slot, State
+from sockd.scoreboard import Scoreboard, ScoreboardError, Slot, State
 from sockd.settings import Settings
 from sockd.worker import EXIT_BOOT_ERROR, Worker
 
@@ -81,6 +81,17 @@ def census(slots: list[Slot], generation: int) -> tuple[int, int]:
     return spare, len(slots)
 
 
+def make_scoreboard(size: int) -> Scoreboard:
+    """The scoreboard in its file for `sockd --status` (sockd.scoreboard), or, when that
+    cannot be made (not root, say), in memory only, with a warning."""
+    try:
+        return Scoreboard.create(size, scoreboard.path_for(os.getpid()), time.time())
+    except ScoreboardError as exc:
+        log.warning("warning -- no scoreboard file, sockd --status cannot see this server: %s",
+                    exc)
+        return Scoreboard(size)
+
+
 class Master:
     """The preforking master (gunicorn's Arbiter, Apache's prefork MPM)."""
 
@@ -91,7 +102,7 @@ class Master:
         self.listeners = listeners
         self.passwords = passwords
         self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
-        self.board = Scoreboard(2 * settings.max_workers)
+        self.board = make_scoreboard(2 * settings.max_workers)
         self.failures = LoginFailures()
         self.notifier = Notifier()     # before any fork: takes NOTIFY_SOCKET out of environ
         self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
@@ -116,16 +127,19 @@ class Master:
         gc.freeze()  # what the master built stays shared with the workers, page for page
         self.spawn_workers(self.settings.min_spare)
         self.notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
-        while self.exit_code is None:
-            self.sleep()
-            self.dispatch_signals()
-            self.reap_workers()
-            if self.stop_deadline is not None:
-                self.check_drained()
-            elif time.monotonic() >= self.next_tick:
-                self.next_tick = time.monotonic() + TICK
-                self.maintain_pool()
-            self.show_title()
+        try:
+            while self.exit_code is None:
+                self.sleep()
+                self.dispatch_signals()
+                self.reap_workers()
+                if self.stop_deadline is not None:
+                    self.check_drained()
+                elif time.monotonic() >= self.next_tick:
+                    self.next_tick = time.monotonic() + TICK
+                    self.maintain_pool()
+                self.show_title()
+        finally:
+            self.board.remove()     # workers never come here: they end in os._exit
         return self.exit_code
 
     def init_signals(self) -> None:
@@ -176,6 +190,7 @@ class Master:
         self.notifier.send("RELOADING=1")
         self.rules, self.passwords = new_rules, new_passwords
         self.generation += 1
+        self.board.set_generation(self.generation)
         log.info("reloaded -- generation %d", self.generation)
         self.log_rules_in_force()
         self.signal_workers(signal.SIGTERM, older_than=self.generation)
@@ -255,6 +270,7 @@ class Master:
         index, _ = self.workers.pop(pid)
         slot = self.board.read(index)
         self.served_by_gone += slot.sessions
+        self.board.set_served_by_gone(self.served_by_gone)
         self.board.release(index)
         if os.WIFSIGNALED(status):
             log.error("error -- worker %d killed by signal %d (%s)", pid, os.WTERMSIG(status),
