@@ -38,6 +38,10 @@ EXIT_BOOT_ERROR = 3
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
 _SICK = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REPORT_INTERVAL = 10.0      # seconds between two lines about clients refused at accept
+# Held (blocked) by the master across fork and released by the child once its own handlers
+# are in place: a TERM or INT sent to a worker just forked is then acted on, not recorded
+# into the master's handler that the child inherited and lost.
+HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def drop_privileges(user: str | None) -> None:
@@ -132,6 +136,7 @@ class Worker(Status):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_FORK)   # see HELD_AT_FORK
         drop_privileges(self.settings.user)
         self.hook_runner = hooks.HookRunner(logger=log)
         self.poller = select.epoll()
