@@ -2,7 +2,7 @@
 
 Exit status (sockd(8)): 0 after a clean stop, -t or -ver; 1 for a
 configuration error; 2 for a command-line error; 3 when the listeners cannot
-be bound or the workers cannot start.
+be bound or the workers cannot start.  --status has its own (sockd.status).
 """
 
 import argparse
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syslog-address", metavar="PATH", default="/dev/log")
     p.add_argument("--facility", metavar="NAME", default="daemon")
     p.add_argument("--debug", action="store_true", help="log debugging detail")
+    p.add_argument("--status", action="store_true",
+                   help="show the pool and sessions of the running server (its --pidfile, "
+                        "default /run/sockd.pid), then exit")
+    p.add_argument("--json", action="store_true", help="with --status: print JSON")
     for name, default in (("min-spare", 5), ("max-spare", 10), ("max-workers", 64),
                           ("max-requests", 10000)):
         p.add_argument(f"--{name}", type=_positive_int, default=default, metavar="N")
@@ -143,6 +147,8 @@ def _non_negative_float(text: str) -> float:
 def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json and not args.status:
+        parser.error("--json goes with --status")
     if args.min_spare > args.max_spare:
         parser.error("--min-spare must not be more than --max-spare")
     if args.max_spare > args.max_workers:
@@ -211,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(banner(settings.route is not None))
         return 0
+    if args.status:
+        from sockd import status
+        return status.main(args.pidfile or status.DEFAULT_PIDFILE, as_json=args.json)
     if args.check:
         return check(settings)
     try:

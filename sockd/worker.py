@@ -39,6 +39,10 @@ EXIT_BOOT_ERROR = 3
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
 _SICK = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REPORT_INTERVAL = 10.0      # seconds between two lines about clients refused at accept
+# Held (blocked) by the master across fork and released by the child once its own handlers
+# are in place: a TERM or INT sent to a worker just forked is then acted on, not recorded
+# into the master's handler that the child inherited and lost.
+HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def drop_privileges(user: str | None) -> None:
@@ -95,6 +99,7 @@ class Worker(Status):
         self.failures = failures
         self.master_pid = os.getpid()
         self.stopping = False
+        self.cut = False                # INT: end the session now, with its closing line
         self.served = 0
         self.client = ""
         self.waiting = False            # the listeners are in our epoll's wait set
@@ -125,13 +130,14 @@ class Worker(Status):
     def init_process(self) -> None:
         """Runs in the child: signals, privileges, the wait set, the title."""
         signal.signal(signal.SIGTERM, self._record_stop)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, self._record_cut)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_FORK)   # see HELD_AT_FORK
         drop_privileges(self.settings.user)
         self.hook_runner = hooks.HookRunner(logger=log)
         self.poller = select.epoll()
@@ -142,6 +148,11 @@ class Worker(Status):
 
     def _record_stop(self, signum, frame) -> None:
         self.stopping = True
+
+    def _record_cut(self, signum, frame) -> None:
+        # The relay sees it on its next tick (within a second), returns, and the session
+        # writes its closing line; the master kills a worker not relaying after a moment.
+        self.stopping = self.cut = True
 
     def serve_forever(self) -> None:
         """Wait for a client, serve it, until told to stop or retired."""
@@ -310,4 +321,4 @@ class Worker(Status):
         if self.stopping and self.listeners:
             self._stop_listening()
         self.hook_runner.reap()
-        return True
+        return not self.cut
