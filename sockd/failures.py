@@ -32,7 +32,8 @@ def delay(failures: int) -> float:
     """Seconds to wait before answering the *failures*-th recent failed login (1 and up)."""
     if failures <= 0:
         return 0.0
-    return min(FIRST_DELAY * 2 ** (failures - 1), MAX_DELAY)
+    doublings = min(failures - 1, 16)   # past MAX_DELAY anyway; 2.0 ** 1024 would overflow
+    return min(FIRST_DELAY * 2 ** doublings, MAX_DELAY)
 
 
 class LoginFailures:

@@ -81,6 +81,7 @@ def test_login_failure_delay_grows_and_is_shared_after_fork():
 
     assert [failures.delay(n) for n in range(7)] == [0, 0.25, 0.5, 1, 2, 4, 8]
     assert failures.delay(40) == failures.MAX_DELAY
+    assert failures.delay(10 ** 6) == failures.MAX_DELAY     # no overflow, however many
     table = failures.LoginFailures(slots=8)
     a, b = ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("::ffff:10.0.0.1")
     assert table.record(a, 1000.0) == 1
