@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                           ("ident", 15)):
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
     p.add_argument("--grace", type=_non_negative_float, default=30, metavar="S")
+    p.add_argument("--relay", choices=("worker", "shared"), default="worker",
+                   help="who relays an established session: its worker, or relay processes")
+    p.add_argument("--relay-processes", type=_positive_int, metavar="N",
+                   help="relay processes with --relay shared (default: one per CPU)")
     return p
 
 
@@ -133,7 +137,8 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         max_per_source=args.max_per_source,
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
-        ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug)
+        ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug,
+        relay=args.relay, relay_processes=args.relay_processes)
     return settings, args
 
 

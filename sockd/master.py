@@ -37,7 +37,7 @@ import time
 
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
-from sockd import pool, proctitle, route, rules
+from sockd import pool, proctitle, relayproc, route, rules
 from sockd.failures import LoginFailures
 from sockd.passwords import PasswordTable
 from sockd.scoreboard import Scoreboard, Slot, State
@@ -85,7 +85,12 @@ class Master:
         self.listeners = listeners
         self.passwords = passwords
         self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
-        self.board = Scoreboard(2 * settings.max_workers)
+        self.fd_limit = relayproc.raise_fd_limit()
+        self.tunnel_room = relayproc.tunnels_per_process(self.fd_limit)
+        self.board = Scoreboard(2 * settings.max_workers, settings.relay_count,
+                                self.tunnel_room if settings.relay_count else 0)
+        self.fleet = relayproc.Fleet(settings, self.board, listeners) \
+            if settings.relay_count else None
         self.failures = LoginFailures()
         self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
         self.generation = 1
@@ -103,9 +108,12 @@ class Master:
         """Run until stopped; returns the exit status."""
         self.init_signals()
         self.log_rules_in_force()
+        self.log_capacity()
         self.show_title()  # setproctitle's one-time set-up happens here, not in every worker
         gc.collect()
         gc.freeze()  # what the master built stays shared with the workers, page for page
+        if self.fleet is not None:
+            self.fleet.spawn_missing()      # first: the workers inherit the lanes
         self.spawn_workers(self.settings.min_spare)
         while self.exit_code is None:
             self.sleep()
@@ -151,6 +159,8 @@ class Master:
 
     def handle_hup(self) -> None:
         sockd_log.reopen()  # first: after log rotation, every line from here on is in the new file
+        if self.fleet is not None:
+            self.fleet.signal(signal.SIGHUP)    # they reopen it too; their tunnels go on
         if self.stop_deadline is not None:
             log.info("reload ignored -- the server is stopping")
             return
@@ -184,6 +194,8 @@ class Master:
         log.info("stopping now -- letting no session finish")
         self.close_listeners()
         self.signal_workers(signal.SIGKILL)
+        if self.fleet is not None:
+            self.fleet.cut()
         self.wait_for_workers()
         self.exit_code = EXIT_OK
 
@@ -199,6 +211,8 @@ class Master:
             if s.state not in (State.IDLE, State.STARTING):
                 log.info("status -- worker %d: %s %s@%s %s", s.pid, s.state.name.lower(),
                          s.user or "-", s.client, s.destination or "-")
+        if self.fleet is not None:
+            self.fleet.status_lines()
 
     # -- workers ------------------------------------------------------------------
 
@@ -233,6 +247,8 @@ class Master:
             self.reap_worker(pid, status)
 
     def reap_worker(self, pid: int, status: int) -> None:
+        if self.fleet is not None and self.fleet.reap(pid, status):
+            return  # a relay process: its successor is forked on the tick
         if pid not in self.workers:
             log.debug("reaped pid %d, not a worker", pid)  # a shell hook's child, say
             return
@@ -257,6 +273,8 @@ class Master:
         if plan.warning and not self.warned:
             log.warning("warning -- %s", plan.warning)
         self.warned = bool(plan.warning)
+        if self.fleet is not None:
+            self.fleet.spawn_missing()
         idle = [s for s in slots if s.generation == self.generation and s.state == State.IDLE]
         if plan.retire and idle:
             self.retire_worker(idle[-1].pid)
@@ -282,18 +300,26 @@ class Master:
     # -- stopping -----------------------------------------------------------------
 
     def check_drained(self) -> None:
-        if not self.workers:
+        relays = self.fleet.pids if self.fleet is not None else ()
+        if not self.workers and relays:
+            self.fleet.stop()   # no more hand-offs can come: relays leave once empty
+        if not self.workers and not relays:
             log.info("stopped -- every session finished")
             self.exit_code = EXIT_OK
         elif time.monotonic() >= self.stop_deadline:
-            log.info("stopped -- grace period over, %d sessions cut", len(self.workers))
+            log.info("stopped -- grace period over, %d sessions cut",
+                     len(self.workers) + len(self.board.tunnels()))
             self.signal_workers(signal.SIGKILL)
+            if self.fleet is not None:
+                self.fleet.cut()
             self.wait_for_workers()
             self.exit_code = EXIT_OK
 
     def halt(self, code: int) -> None:
         self.close_listeners()
         self.signal_workers(signal.SIGKILL)
+        if self.fleet is not None:
+            self.fleet.cut()
         self.wait_for_workers()
         self.exit_code = code
 
@@ -318,6 +344,14 @@ class Master:
                      "(clients from 127.0.0.0/8 and ::1 only)", self.settings.config)
         else:
             log.info("rules -- %d rules from %s", len(self.rules.rules), self.rules.file)
+
+    def log_capacity(self) -> None:
+        if self.fleet is not None:
+            room, mode = self.tunnel_room * self.settings.relay_count, "shared"
+        else:
+            room, mode = self.settings.max_workers, "worker"
+        log.info("capacity -- %d file descriptors per process, room for %d tunnels "
+                 "(--relay %s)", self.fd_limit, room, mode)
 
     def show_title(self) -> None:
         slots = self.live_slots()

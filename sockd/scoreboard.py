@@ -7,9 +7,12 @@ with one exception that the write order takes care of: a slot counted by
 `sessions_from` has its source written before its state says it is busy.
 Text fields are stored already escaped (see sockd.log.escape).
 
-Today a slot is a worker and holds its one session.  Callers ask about
-sessions ("how many from this address"), not workers, so that the answers
-stay true when sessions get slots of their own.
+A worker's slot holds its one session.  With --relay shared, sessions carried
+by a relay process (sockd.relayproc) get slots of their own: each relay
+process owns a *lane*, a range of tunnel slots after the workers' slots, and
+is the only writer of its lane (the master clears a lane whose process died).
+A lane's high-water mark (slots in use are below it) bounds the scans.
+Callers ask about sessions ("how many from this address"), not workers.
 """
 
 import enum
@@ -68,11 +71,14 @@ def _text(raw: bytes) -> str:
 
 
 class Scoreboard:
-    """A table of `size` slots shared by the master and every worker it forks."""
+    """A table of `size` worker slots, then `lanes` lanes of `per_lane` tunnel slots,
+    shared by the master and every process it forks."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, lanes: int = 0, per_lane: int = 0) -> None:
         self.size = size
-        self._map = mmap.mmap(-1, _SLOT.size * size)
+        self.lanes, self.per_lane = lanes, per_lane
+        self._marks = _SLOT.size * (size + lanes * per_lane)   # the high-water marks
+        self._map = mmap.mmap(-1, self._marks + 4 * lanes)
 
     def claim(self, index: int, pid: int, generation: int) -> None:
         """Master, at spawn: the slot now belongs to worker *pid*."""
@@ -128,14 +134,62 @@ class Scoreboard:
 
     def sessions_from(self, source: bytes) -> int:
         """How many sessions (negotiating or relaying) come from the client *source*
-        (a `source_key`).  A scan of every slot: cheap for the few hundred slots of a pool,
-        and done once per accepted client."""
+        (a `source_key`).  A scan of every worker slot and of the tunnel slots in use:
+        cheap for the few hundred slots of a pool, and done once per accepted client."""
         count, view, size = 0, self._map, _SLOT.size
-        for offset in range(0, self.size * size, size):
-            if view[offset + _STATE] in BUSY and \
-                    view[offset + _SOURCE:offset + _SOURCE + 16] == source:
-                count += 1
+        spans = [(0, self.size)] + [(self.lane(n).start, self.lane(n).start + self.high_water(n))
+                                    for n in range(self.lanes)]
+        for first, end in spans:
+            for offset in range(first * size, end * size, size):
+                if view[offset + _STATE] in BUSY and \
+                        view[offset + _SOURCE:offset + _SOURCE + 16] == source:
+                    count += 1
         return count
+
+    # -- tunnel slots (--relay shared) ---------------------------------------------
+
+    def lane(self, lane: int) -> range:
+        """The tunnel slots of relay lane *lane*."""
+        first = self.size + lane * self.per_lane
+        return range(first, first + self.per_lane)
+
+    def high_water(self, lane: int) -> int:
+        """How many of the lane's first slots may be in use."""
+        return struct.unpack_from("=i", self._map, self._marks + 4 * lane)[0]
+
+    def set_high_water(self, lane: int, count: int) -> None:
+        """Relay process: slots of its lane at *count* and above are unused."""
+        struct.pack_into("=i", self._map, self._marks + 4 * lane, count)
+
+    def hold_tunnel(self, index: int, pid: int, started: float, source: bytes, client: str,
+                    user: str, destination: str, up: int) -> None:
+        """Relay process: the tunnel slot *index* now shows a session it carries."""
+        offset = index * _SLOT.size
+        _SLOT.pack_into(self._map, offset, pid, 0, State.DEAD, 0, started, started, up, 0,
+                        source, client.encode()[:48], user.encode()[:32],
+                        destination.encode()[:96])
+        self._map[offset + _STATE] = State.RELAYING     # last: the source is in place
+
+    def count_bytes(self, index: int, now: float, up: int, down: int) -> None:
+        """Relay process: a tunnel's byte counts so far."""
+        struct.pack_into("=dQQ", self._map, index * _SLOT.size + 24, now, up, down)
+
+    def clear_lane(self, lane: int) -> None:
+        """Master, when the lane's relay process is gone: every slot of it free."""
+        span = self.lane(lane)
+        for index in range(span.start, span.start + self.high_water(lane)):
+            self.release(index)
+        self.set_high_water(lane, 0)
+
+    def tunnels(self) -> list[Slot]:
+        """The tunnel slots in use, lane after lane."""
+        found = []
+        for lane in range(self.lanes):
+            first = self.lane(lane).start
+            for index in range(first, first + self.high_water(lane)):
+                if self._map[index * _SLOT.size + _STATE] == State.RELAYING:
+                    found.append(self.read(index))
+        return found
 
     def heartbeat(self, index: int, now: float) -> None:
         struct.pack_into("=d", self._map, index * _SLOT.size + 24, now)

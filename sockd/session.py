@@ -32,11 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sockd import auth, destination, failures, hooks, ident, listeners, protocol, relay, resolver
+from sockd.handoff import Tunnel, hand_off
 from sockd.log import escape
 from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
+from sockd.scoreboard import source_key
 from sockd.settings import Settings
 
 log = logging.getLogger("sockd")
@@ -91,6 +93,14 @@ def configured_listeners(listen: tuple[str, ...]) -> destination.OwnListeners:
     if not listen:
         return destination.OwnListeners(any_address_ports=frozenset({listeners.socks_port()}))
     return destination.OwnListeners.of(listeners.parse_address(text) for text in listen)
+
+
+def log_end(verdict: str, story: str, from_client: int, client: str, from_server: int,
+            dest: str, started: float, reason: str) -> None:
+    """The session's end line (sockd(8), LOG LINES), wherever the session ends: in its
+    worker, or in a relay process (sockd.relayproc); *started* is time.monotonic()."""
+    log.info("%s -- %s: %d bytes from %s, %d bytes from %s, %.3f s (%s)", verdict, story,
+             from_client, client, from_server, dest, time.monotonic() - started, reason)
 
 
 class Status:
@@ -354,6 +364,9 @@ class Session:
                                  f"{COMMAND_WORDS[self.request.command]} {self.dest()} "
                                  f"({service_name(self.request.port)})")
             pending = self.handshake.trailing()
+            if self.settings.relay == "shared" and hand_off(self.tunnel(pending), self.sock,
+                                                              upstream):
+                return      # a relay process carries it on, and writes the end line
             if pending:
                 upstream.sendall(pending)
             stats = relay.relay(self.sock, upstream, idle_timeout=self.settings.idle_timeout,
@@ -362,10 +375,19 @@ class Session:
                       stats.from_client + len(pending), stats.from_server, stats.reason)
 
     def _log_end(self, verdict: str, from_client: int, from_server: int, reason: str) -> None:
-        elapsed = time.monotonic() - self.started
-        log.info("%s -- %s: %d bytes from %s, %d bytes from %s, %.3f s (%s)", verdict,
-                 self.story(), from_client, self.client, from_server, self.dest(), elapsed,
-                 reason)
+        log_end(verdict, self.story(), from_client, self.client, from_server, self.dest(),
+                self.started, reason)
+
+    def tunnel(self, pending: bytes) -> Tunnel:
+        """The record a relay process needs to carry this session on (--relay shared)."""
+        return Tunnel(
+            session=self.id, story=self.story(), client=self.client, dest=self.dest(),
+            user=escape(self.user, 32), what=f"{COMMAND_WORDS[self.request.command]} "
+            f"{self.dest()} ({service_name(self.request.port)})",
+            source=source_key(self.client_addr), started=self.started,
+            wall_started=time.time() - (time.monotonic() - self.started),
+            idle_timeout=self.settings.idle_timeout, from_client=len(pending),
+            pending=pending)
 
     # -- helpers ------------------------------------------------------------
 

@@ -38,6 +38,8 @@ class Settings:
     ident_timeout: float = 15.0
     grace: float = 30.0
     debug: bool = False
+    relay: str = "worker"               # --relay: who relays an established session
+    relay_processes: int | None = None  # --relay-processes; None: one per CPU
 
     @property
     def per_source_cap(self) -> int:
@@ -49,6 +51,13 @@ class Settings:
         if self.max_per_source is None:
             return max(8, self.max_workers // 4)
         return self.max_per_source
+
+    @property
+    def relay_count(self) -> int:
+        """Relay processes to keep (--relay shared): --relay-processes, else one per CPU."""
+        if self.relay != "shared":
+            return 0
+        return self.relay_processes or len(os.sched_getaffinity(0))
 
     @property
     def uses_config_file(self) -> bool:
