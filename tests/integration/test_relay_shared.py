@@ -122,7 +122,10 @@ def test_max_per_source_counts_the_carried_tunnels(sockd, echo_server):
         echo_round_trip(s)
     carried(server, 2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as third:
-        assert third.recv(10) == b""     # closed at accept, without a reply
+        try:
+            assert third.recv(10) == b""     # closed at accept, without a reply
+        except ConnectionResetError:
+            pass
     server.wait_log(r"refused -- client 127\.0\.0\.1:\d+ at accept: 2 sessions already")
     for s in held:
         s.close()
