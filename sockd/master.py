@@ -107,6 +107,7 @@ class Master:
     def run(self) -> int:
         """Run until stopped; returns the exit status."""
         self.init_signals()
+        sockd_log.start_writer()
         self.log_rules_in_force()
         self.log_capacity()
         self.show_title()  # setproctitle's one-time set-up happens here, not in every worker
