@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-2-Clause",
     python_requires=">=3.11",
-    packages=["sockd", "clients"],
+    packages=["sockd", "clients", "clients.bootstrap", "clients.programs"],
     # python-pam: --pam (a ctypes binding to the system's libpam.so.0, Debian's libpam0g)
     install_requires=["python-daemon>=3.0", "setproctitle>=1.3", "python-pam>=2.0"],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "PySocks>=1.7",
@@ -22,6 +22,12 @@ setup(
             "sockd = sockd.cli:main",
             "test_sockd_conf = sockd.testconf:main",
             "sockpasswd = sockd.sockpasswd:main",
+            "socksify = clients.socksify:main",
+            "test_socks_conf = clients.testconf:main",
+            "rfinger = clients.programs.rfinger:main",
+            "rwhois = clients.programs.rwhois:main",
+            "rtelnet = clients.programs.rtelnet:main",
+            "rftp = clients.programs.rftp:main",
         ],
     },
 )

@@ -25,6 +25,14 @@ Metrics (doc/benchmarks.md says more):
   throughput        one TCP stream of BYTES through the proxy, client to a
                     discard server (timed until the server acknowledges the
                     last byte) and from a source server to the client.
+  port 21           the client-to-server stream again, to a discard server on
+                    port 21, which sockd audits as FTP by default (--ftp-audit):
+                    that direction passes through Python (recv and send)
+                    instead of splice(2).  Set beside the plain throughput row,
+                    it shows what the audit costs on its port, and that the
+                    other ports pay nothing for it.  The stream is not FTP (no
+                    line ends), so the audit stops after its first 4 KiB and the
+                    figure is the user-space relay's.  Needs root (port 21).
   proxy CPU         user + system CPU of every process of the proxy (master,
                     workers, children; reaped children included), from
                     /proc/PID/stat before and after the load.
@@ -35,9 +43,14 @@ Metrics (doc/benchmarks.md says more):
                     its PSS before they were opened, divided by the tunnels; each
                     tunnel is then checked (one byte through, a half-close, the
                     discard server's count back).
+  HAProxy           the handshakes again, through HAProxy (mode tcp,
+                    send-proxy-v2, round robin) to two sockd that trust it
+                    (--proxy-protocol), each with half of the one sockd's pool:
+                    one line under the table, with the ratio to one sockd
+                    reached directly, so that the balancer hop has a price.
 
 Targets: direct, sockd (--relay worker, the default), shared (sockd --relay
-shared) and dante.
+shared), dante and haproxy.
 
 Each handshake test runs --repeat times (default 2), each throughput test
 --stream-repeat times (default 3), and the best run counts: on a shared
@@ -45,11 +58,13 @@ machine, anything else running only ever makes a run slower.
 
 Usage: scripts/bench.py [--markdown] [--duration S] [--warmup S] [--clients N]
                         [--bytes N] [--repeat N] [--stream-repeat N]
-                        [--targets direct,sockd,shared,dante] [--tunnels N,N] [--keep]
+                        [--targets direct,sockd,shared,dante,haproxy]
+                        [--tests handshakes,throughput,ftp] [--tunnels N,N] [--keep]
 """
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -71,7 +86,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") \
     if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 DANTED = "/usr/sbin/danted"
+HAPROXY = "/usr/sbin/haproxy"
 LOOPBACK = "127.0.0.1"
+FTP_PORT = 21             # sockd's default --ftp-audit port
+TESTS = ("handshakes", "throughput", "ftp")   # --tests: what to measure
 LIFETIME = 600            # seconds: every server we start is killed after this, whatever happens
 GiB = 1 << 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -81,6 +99,25 @@ SOCKD_SHARED = ("--relay", "shared")
 # The worker mode needs a worker per tunnel: a pool that may grow past the tunnels held.
 SOCKD_HOLD_POOL = ("--min-spare", "5", "--max-spare", "10", "--max-workers", "{workers}")
 SOCKD_IDLE_WANTED = 60
+# Behind HAProxy: two sockd sharing the one sockd's pool between them.
+BACKEND_POOL = ("--min-spare", "30", "--max-spare", "40", "--max-workers", "50")
+BACKEND_IDLE_WANTED = 30
+HAPROXY_CONF = """\
+global
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend socks
+    bind 127.0.0.1:{port}
+    default_backend sockd
+backend sockd
+    balance roundrobin
+    default-server send-proxy-v2 check inter 1s
+{servers}
+"""
 SOCKD_RULES = "permit 127.0.0.0 255.0.0.0 127.0.0.0 255.0.0.0\n"
 
 # Dante, configured to do what sockd does here: loopback clients, loopback
@@ -115,9 +152,10 @@ socks block {{
 # ---------------------------------------------------------------------------
 # benchtool: the test servers and the load generator, in C.
 #
-#   benchtool serve NPROC LIFETIME
+#   benchtool serve NPROC LIFETIME [DISCARD_PORT]
 #       echo, discard and source servers on 127.0.0.1 (ports chosen by the
-#       kernel, printed as "ports ECHO DISCARD SOURCE"), NPROC processes,
+#       kernel, the discard server's DISCARD_PORT when given; printed as
+#       "ports ECHO DISCARD SOURCE"), NPROC processes,
 #       each with its own listener on every port (SO_REUSEPORT) and one epoll
 #       loop.  Exits when its standard input closes or after LIFETIME seconds.
 #         echo:    reads 32 bytes, writes them back, closes (first: so the
@@ -311,8 +349,11 @@ static void on_source(int ep, int fd)
 
 static int serve(int argc, char **argv)
 {
-    if (argc != 4) { fprintf(stderr, "usage: benchtool serve NPROC LIFETIME\n"); return 2; }
-    int nproc = atoi(argv[2]), ports[3] = {0, 0, 0}, lfd[3], me = 0;
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: benchtool serve NPROC LIFETIME [DISCARD_PORT]\n");
+        return 2;
+    }
+    int nproc = atoi(argv[2]), ports[3] = {0, argc == 5 ? atoi(argv[4]) : 0, 0}, lfd[3], me = 0;
     if (nproc < 1 || nproc > 64) { fprintf(stderr, "benchtool: 1 to 64 processes\n"); return 2; }
     int all[64][3];
     alarm(atoi(argv[3]));
@@ -924,13 +965,27 @@ class Servers:
     handle: Started
 
 
-def start_servers(procs: Processes, tool: Path, nproc: int) -> Servers:
-    started = procs.start("test servers", [str(tool), "serve", str(nproc), str(LIFETIME)],
+def start_servers(procs: Processes, tool: Path, nproc: int,
+                  discard_port: int | None = None) -> Servers:
+    extra = [] if discard_port is None else [str(discard_port)]
+    started = procs.start("test servers", [str(tool), "serve", str(nproc), str(LIFETIME),
+                                           *extra],
                           stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     line = started.proc.stdout.readline().decode().split()
     if len(line) != 4 or line[0] != "ports":
         raise BenchError(f"the test servers did not start: {line!r}")
     return Servers(int(line[1]), int(line[2]), int(line[3]), started)
+
+
+def start_ftp_port_server(procs: Processes, tool: Path, nproc: int) -> Servers | None:
+    """A discard server on port 21 (the port sockd audits by default), or None if it
+    cannot bind there (not root)."""
+    try:
+        return start_servers(procs, tool, nproc, FTP_PORT)
+    except BenchError as exc:
+        say(f"no discard server on port {FTP_PORT} ({exc}; root is needed): "
+            "the port 21 row is left out")
+        return None
 
 
 def sockd_titles(root: int) -> dict[int, str]:
@@ -966,6 +1021,36 @@ def start_sockd(procs: Processes, workdir: Path, servers: Servers, name: str = "
     return started, port
 
 
+def start_backend(procs: Processes, workdir: Path, n: int) -> tuple[Started, int]:
+    """A sockd behind HAProxy: it trusts 127.0.0.1's PROXY headers and requires them, so
+    it is ready when its workers are (a direct CONNECT would be refused)."""
+    conf = workdir / f"sockd-{n}.conf"
+    conf.write_text(SOCKD_RULES)
+    log = workdir / f"sockd-{n}.log"
+    port = free_port()
+    started = procs.start(f"sockd {n}", [PYTHON, "-m", "sockd", "-f", "-l", f"{LOOPBACK}:{port}",
+                                         "-c", str(conf), "--log", str(log), *BACKEND_POOL,
+                                         "--proxy-protocol", LOOPBACK],
+                          logs=(workdir / f"sockd-{n}.stderr", log), cwd=str(ROOT))
+    wait_until(f"{BACKEND_IDLE_WANTED} idle workers",
+               lambda: len(idle_workers(started.pid)) >= BACKEND_IDLE_WANTED, started, 30)
+    return started, port
+
+
+def start_haproxy(procs: Processes, workdir: Path, servers: Servers,
+                  backends: list[int]) -> tuple[Started, int]:
+    if not os.access(HAPROXY, os.X_OK):
+        raise BenchError(f"no {HAPROXY}: install haproxy (scripts/install-deps bench)")
+    port = free_port()
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(port=port, servers="\n".join(
+        f"    server s{n} {LOOPBACK}:{p}" for n, p in enumerate(backends, 1))))
+    started = procs.start("HAProxy", [HAPROXY, "-db", "-f", str(conf)],
+                          logs=(workdir / "haproxy.stderr",))
+    wait_until("working CONNECT", lambda: socks5_connect_ok(port, servers.echo), started, 30)
+    return started, port
+
+
 def start_dante(procs: Processes, workdir: Path, servers: Servers) -> tuple[Started, int]:
     if not os.access(DANTED, os.X_OK):
         raise BenchError(f"no {DANTED}: install dante-server (scripts/install-deps bench)")
@@ -995,7 +1080,9 @@ class Options:
     nbytes: int
     repeat: int
     stream_repeat: int
+    tests: frozenset[str] = frozenset(TESTS)
     tunnels: list[int] = field(default_factory=list)
+    ftp_port_server: "Servers | None" = None
 
 
 @dataclass
@@ -1045,30 +1132,36 @@ def measure(tool: Path, servers: Servers, proxy: Started | None, proxy_port: int
                                  + (1 - out.get("ok", 1)))
         return max(runs, key=lambda run: run[0][score])
 
-    hs_timeout = opts.warmup + opts.duration + 30
-    out, cpu = best(["seq", str(proxy_port), str(servers.echo), str(opts.warmup),
-                     str(opts.duration)], hs_timeout, "rate", opts.repeat)
-    v["seq"] = out["rate"]
-    v["seq_p50"] = out["p50_ms"]
-    if root:
-        v["seq_cpu"] = cpu / max(out["total"], 1) * 1e6
-    say(f"  sequential: {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
-        f"max {out['max_ms']:.0f} ms, {int(out['errors'])} errors")
+    if "handshakes" in opts.tests:
+        hs_timeout = opts.warmup + opts.duration + 30
+        out, cpu = best(["seq", str(proxy_port), str(servers.echo), str(opts.warmup),
+                         str(opts.duration)], hs_timeout, "rate", opts.repeat)
+        v["seq"] = out["rate"]
+        v["seq_p50"] = out["p50_ms"]
+        if root:
+            v["seq_cpu"] = cpu / max(out["total"], 1) * 1e6
+        say(f"  sequential: {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
+            f"max {out['max_ms']:.0f} ms, {int(out['errors'])} errors")
 
-    out, cpu = best(["conc", str(proxy_port), str(servers.echo), str(opts.warmup),
-                     str(opts.duration), str(opts.clients)], hs_timeout, "rate", opts.repeat)
-    v["conc"] = out["rate"]
-    v["conc_p50"] = out["p50_ms"]
-    v["conc_p99"] = out["p99_ms"]
-    if root:
-        v["conc_cpu"] = cpu / max(out["total"], 1) * 1e6
-    say(f"  concurrent ({opts.clients}): {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
-        f"p99 {out['p99_ms']:.3f} ms, max {out['max_ms']:.0f} ms "
-        f"({int(out['slow'])} of {int(out['handshakes'])} took 200 ms or more), "
-        f"{int(out['errors'])} errors, {int(out['stuck'])} stuck")
+        out, cpu = best(["conc", str(proxy_port), str(servers.echo), str(opts.warmup),
+                         str(opts.duration), str(opts.clients)], hs_timeout, "rate", opts.repeat)
+        v["conc"] = out["rate"]
+        v["conc_p50"] = out["p50_ms"]
+        v["conc_p99"] = out["p99_ms"]
+        if root:
+            v["conc_cpu"] = cpu / max(out["total"], 1) * 1e6
+        say(f"  concurrent ({opts.clients}): {out['rate']:.0f}/s, p50 {out['p50_ms']:.3f} ms, "
+            f"p99 {out['p99_ms']:.3f} ms, max {out['max_ms']:.0f} ms "
+            f"({int(out['slow'])} of {int(out['handshakes'])} took 200 ms or more), "
+            f"{int(out['errors'])} errors, {int(out['stuck'])} stuck")
 
-    for key, port in (("up", servers.discard), ("down", servers.source)):
-        out, cpu = best([key, str(proxy_port), str(port), str(opts.nbytes)], 120, "rate",
+    streams = []
+    if "throughput" in opts.tests:
+        streams += [("up", "up", servers.discard), ("down", "down", servers.source)]
+    if "ftp" in opts.tests and opts.ftp_port_server is not None:
+        streams.append(("up_ftp", "up", opts.ftp_port_server.discard))
+    for key, way, port in streams:
+        out, cpu = best([way, str(proxy_port), str(port), str(opts.nbytes)], 120, "rate",
                         opts.stream_repeat)
         v[key] = out["rate"]
         if root:
@@ -1194,6 +1287,8 @@ ROWS = [
     ("down", "throughput server->client (MB/s)", "{:.0f}"),
     ("up_cpu", "proxy CPU per GiB client->server (s)", "{:.3f}"),
     ("down_cpu", "proxy CPU per GiB server->client (s)", "{:.3f}"),
+    ("up_ftp", "throughput client->server to port 21, FTP audit (MB/s)", "{:.0f}"),
+    ("up_ftp_cpu", "proxy CPU per GiB client->server to port 21 (s)", "{:.3f}"),
     ("mem_{tunnels}", "memory per idle tunnel, {tunnels:,} open (KiB)", "{:.0f}"),
     ("mem_pss_fresh", "sockd idle worker PSS, fresh (KiB)", "{:.0f}"),
     ("mem_priv_fresh", "sockd idle worker private, fresh (KiB)", "{:.0f}"),
@@ -1202,6 +1297,7 @@ ROWS = [
     ("errors", "client errors", "{:.0f}"),
 ]
 COLUMNS = ("direct", "sockd", "shared", "dante")
+TARGETS = (*COLUMNS, "haproxy")
 HEADERS = ("metric", "direct", "sockd", "shared", "Dante", "sockd/Dante", "shared/Dante",
            "sockd/direct", "shared/direct")
 RATIOS = (("sockd", "dante"), ("shared", "dante"), ("sockd", "direct"), ("shared", "direct"))
@@ -1230,6 +1326,23 @@ def table_rows(results: dict[str, Result], opts: Options) -> list[list[str]]:
             cells.append(f"{x / y:.2f}" if x is not None and y and key != "errors" else "—")
         rows.append(cells)
     return rows
+
+
+def balancer_line(results: dict[str, Result], opts: Options) -> str | None:
+    """The handshakes through HAProxy to two sockd, and their ratio to one sockd directly."""
+    balanced = results.get("haproxy")
+    if balanced is None:
+        return None
+    direct = results["sockd"].values if "sockd" in results else {}
+    parts = []
+    for key, what in (("seq", "sequential"), ("conc", f"concurrent ({opts.clients} clients)")):
+        value = balanced.values.get(key)
+        if value is None:
+            continue
+        ratio = f" = {value / direct[key]:.2f} x one sockd directly" if direct.get(key) else ""
+        parts.append(f"{what} {value:.0f}/s{ratio}")
+    return ("through HAProxy (send-proxy-v2) to 2 sockd: handshakes/s " + "; ".join(parts)
+            + f"; {balanced.errors} client errors")
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -1320,19 +1433,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="runs of each throughput test; the best counts (default 3)")
     p.add_argument("--server-procs", type=int, default=2,
                    help="processes of the echo/discard/source servers (default 2)")
-    p.add_argument("--targets", default="direct,sockd,shared,dante",
-                   help="comma-separated subset of direct,sockd,shared,dante")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)} (haproxy: the "
+                        "handshakes through HAProxy to two sockd)")
+    p.add_argument("--tests", default=",".join(TESTS),
+                   help=f"comma-separated subset of {','.join(TESTS)} (ftp: the "
+                        f"client->server stream to port {FTP_PORT}, audited by sockd)")
     p.add_argument("--tunnels", default="1000,10000",
                    help="idle tunnels held for the memory figure (default 1000,10000; "
                         "sockd --relay worker holds only the first, a worker each)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not set(args.targets) <= set(TARGETS):
+        p.error(f"--targets: choose from {', '.join(TARGETS)}")
+    args.tests = frozenset(t.strip() for t in args.tests.split(",") if t.strip())
+    if not args.tests <= set(TESTS):
+        p.error(f"--tests: choose from {', '.join(TESTS)}")
     args.tunnels = [int(t) for t in args.tunnels.split(",") if t.strip()]
     if not all(0 < t <= 10000 for t in args.tunnels) or args.tunnels != sorted(args.tunnels):
         p.error("--tunnels: increasing counts from 1 to 10000")
-    if not set(args.targets) <= set(COLUMNS):
-        p.error(f"--targets: choose from {', '.join(COLUMNS)}")
     if not (0 < args.duration <= 60 and 0 <= args.warmup <= 10 and 1 <= args.clients <= 1000
             and 1 <= args.bytes <= 16 * GiB and 1 <= args.repeat <= 5
             and 1 <= args.stream_repeat <= 5 and 1 <= args.server_procs <= 8):
@@ -1353,7 +1473,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)
     opts = Options(args.warmup, args.duration, args.clients, args.bytes, args.repeat,
-                   args.stream_repeat, args.tunnels)
+                   args.stream_repeat, tests=args.tests, tunnels=args.tunnels)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)    # the tunnels' sockets
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     others = sorted(name for _, name in socket.if_nameindex() if name != "lo")
@@ -1375,6 +1495,8 @@ def main(argv: list[str] | None = None) -> int:
         servers = start_servers(procs, tool, args.server_procs)
         say(f"test servers: echo {servers.echo}, discard {servers.discard}, "
             f"source {servers.source}; work directory {workdir}")
+        if "ftp" in opts.tests:
+            opts.ftp_port_server = start_ftp_port_server(procs, tool, args.server_procs)
         for target in args.targets:
             if target == "direct":
                 say("direct")
@@ -1406,6 +1528,17 @@ def main(argv: list[str] | None = None) -> int:
                     sockd, port = start_sockd(procs, workdir, servers, "sockd-hold", options, 5)
                     hold_tunnels(sockd, port, servers, args.tunnels[:1], results[target])
                     procs.stop(sockd)
+            elif target == "haproxy":
+                if "handshakes" not in opts.tests:
+                    continue
+                say("HAProxy to two sockd: starting (each " + " ".join(BACKEND_POOL) + ")")
+                backends = [start_backend(procs, workdir, n) for n in (1, 2)]
+                balancer, port = start_haproxy(procs, workdir, servers,
+                                               [p for _, p in backends])
+                results["haproxy"] = measure(tool, servers, None, port, dataclasses.replace(
+                    opts, tests=frozenset({"handshakes"})))
+                for started in (balancer, *(b for b, _ in backends)):
+                    procs.stop(started)
             elif target == "dante":
                 say("Dante: starting")
                 dante, port = start_dante(procs, workdir, servers)
@@ -1440,9 +1573,15 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print()
     print(text_table(rows))
+    balanced = balancer_line(results, opts)
+    if balanced:
+        print(balanced)
     if args.markdown:
         print()
         print(markdown_table(rows))
+        if balanced:
+            print()
+            print(balanced)
     total = sum(r.errors for r in results.values())
     say(f"done in {time.monotonic() - began:.0f} s" +
         (f"; {total} client errors (see the table)" if total else ""))

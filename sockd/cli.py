@@ -2,10 +2,11 @@
 
 Exit status (sockd(8)): 0 after a clean stop, -t or -ver; 1 for a
 configuration error; 2 for a command-line error; 3 when the listeners cannot
-be bound or the workers cannot start.
+be bound or the workers cannot start.  --status has its own (sockd.status).
 """
 
 import argparse
+import ipaddress
 import logging
 import os
 import pwd
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syslog-address", metavar="PATH", default="/dev/log")
     p.add_argument("--facility", metavar="NAME", default="daemon")
     p.add_argument("--debug", action="store_true", help="log debugging detail")
+    p.add_argument("--status", action="store_true",
+                   help="show the pool and sessions of the running server (its --pidfile, "
+                        "default /run/sockd.pid), then exit")
+    p.add_argument("--json", action="store_true", help="with --status: print JSON")
     for name, default in (("min-spare", 5), ("max-spare", 10), ("max-workers", 64),
                           ("max-requests", 10000)):
         p.add_argument(f"--{name}", type=_positive_int, default=default, metavar="N")
@@ -71,13 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who relays an established session: its worker, or relay processes")
     p.add_argument("--relay-processes", type=_positive_int, metavar="N",
                    help="relay processes with --relay shared (default: one per CPU)")
+    p.add_argument("--ftp-audit", type=_ports, default="21", metavar="PORTS",
+                   help="log the files FTP clients work on, for CONNECTs to these ports "
+                        "(comma-separated numbers or service names; empty: none)")
+    p.add_argument("--proxy-protocol", type=_networks, action="append", default=[],
+                   metavar="CIDR[,CIDR...]",
+                   help="load balancers whose PROXY protocol headers are believed, and "
+                        "required (repeatable)")
     return p
+
+
+def _ports(text: str) -> frozenset[int]:
+    """--ftp-audit: comma-separated port numbers or tcp service names; empty means none."""
+    ports = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item.isdigit():
+            port = int(item)
+        else:
+            try:
+                port = socket.getservbyname(item, "tcp")
+            except OSError:
+                raise argparse.ArgumentTypeError(f"no such tcp service: {item}") from None
+        if not 1 <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"port out of range: {item}")
+        ports.add(port)
+    return frozenset(ports)
 
 
 def _pam_service(text: str) -> str:
     if problem := auth.pam_service_problem(text):
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def _networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """CIDR[,CIDR...]: an address alone is one host; host bits after the mask are an error."""
+    networks = []
+    for part in text.split(","):
+        try:
+            networks.append(ipaddress.ip_network(part.strip()))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad network {part.strip()!r}: {exc}") from None
+    return networks
 
 
 def _positive_int(text: str) -> int:
@@ -111,6 +151,8 @@ def _non_negative_float(text: str) -> float:
 def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json and not args.status:
+        parser.error("--json goes with --status")
     if args.min_spare > args.max_spare:
         parser.error("--min-spare must not be more than --max-spare")
     if args.max_spare > args.max_workers:
@@ -138,7 +180,9 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
         ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug,
-        relay=args.relay, relay_processes=args.relay_processes)
+        relay=args.relay, relay_processes=args.relay_processes,
+        ftp_audit=args.ftp_audit,
+        proxy_protocol=tuple(net for nets in args.proxy_protocol for net in nets))
     return settings, args
 
 
@@ -178,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(banner(settings.route is not None))
         return 0
+    if args.status:
+        from sockd import status
+        return status.main(args.pidfile or status.DEFAULT_PIDFILE, as_json=args.json)
     if args.check:
         return check(settings)
     try:
@@ -248,10 +295,18 @@ def serve_inetd(settings: Settings, ruleset, passwords) -> int:
     except OSError as exc:
         return _fail(settings, f"cannot become user {settings.user}: {_reason(exc)}",
                      EXIT_LISTEN)
+    from sockd import balancer
+
     sock = socket.socket(fileno=os.dup(0))
     runner = hooks.HookRunner(logger=log)
     try:
-        Session(sock, settings, ruleset, runner, Status(), passwords).run()
+        arrival = balancer.arrival(sock, sock.getpeername(), settings.proxy_protocol,
+                                   settings.negotiate_timeout)
+        if arrival is None:
+            sock.close()
+        else:
+            Session(sock, settings, ruleset, runner, Status(), passwords,
+                    client_address=arrival.client_address, preread=arrival.preread).run()
     except OSError:
         sock.close()
     runner.wait()

@@ -10,6 +10,7 @@ import stat
 
 DEFAULT_PORT = 1080
 SD_LISTEN_FDS_START = 3
+_inherited: set[int] = set()     # descriptors systemd passed us: its sockets, not ours
 
 
 class ListenError(Exception):
@@ -101,6 +102,7 @@ def systemd_listeners() -> list[socket.socket] | None:
             raise ListenError(f"systemd passed descriptor {fd}, which is not a listening socket")
         sock.setblocking(False)
         socks.append(sock)
+    _inherited.update(sock.fileno() for sock in socks)
     return socks or None
 
 
@@ -154,6 +156,24 @@ def stdin_connection_problem() -> str | None:
         except OSError:
             return "standard input is a TCP socket that is not connected"
     return None
+
+
+def stop(sock: socket.socket) -> None:
+    """Stop listening on *sock* for every process that shares it, at once, then close it.
+
+    Closing only drops this process's copy: while a busy worker still holds one, the kernel
+    goes on completing connections into the listen queue that nobody accepts, and resets
+    them when the last copy closes; behind a balancer those clients are lost instead of
+    refused and retried elsewhere.  shutdown(2) on a listening socket ends the listening at
+    once (Linux); connections are refused from then on.  A socket systemd passed us is
+    only closed: systemd goes on listening on it, for the next start.
+    """
+    if sock.fileno() not in _inherited:
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+    sock.close()
 
 
 def describe_address(address: tuple) -> str:

@@ -191,6 +191,20 @@ class _FileHandler(logging.FileHandler):
         super().close()
 
 
+def _require_socket(handler: logging.handlers.SysLogHandler, address: str) -> None:
+    """Raise OSError when the handler could not reach the syslog socket at *address*:
+    Python's handler would drop every line in silence, and sockd says so and exits 2
+    instead (sockd(8), EXIT STATUS)."""
+    if handler.socket.fileno() >= 0:
+        return
+    try:
+        handler._connect_unixsocket(address)
+    except OSError as exc:
+        handler.close()
+        raise OSError(exc.errno, f"no syslog socket at {address} "
+                                 f"({exc.strerror or exc})") from None
+
+
 def configure(where: str, *, syslog_address: str = "/dev/log",
               facility: str = "daemon", level: int = logging.INFO) -> logging.Handler:
     """Send the `sockd` logger to *where*: "syslog", "stderr" or a file path.
@@ -212,6 +226,7 @@ def configure(where: str, *, syslog_address: str = "/dev/log",
                                      socktype=socket.SOCK_DGRAM)
         else:
             handler = _SyslogHandler(address, FACILITIES[facility])
+            _require_socket(handler, address)
         handler.setFormatter(logging.Formatter("sockd[%(process)d]: %(message)s"))
     else:
         handler = (logging.StreamHandler(sys.stderr) if where == "stderr"

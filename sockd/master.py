@@ -17,9 +17,20 @@ loop:
   they have left they still count against --max-workers: the pool never
   holds more workers than that, whatever their generation.
 * TERM stops accepting within a second (every process closes its listeners),
-  lets the sessions in flight finish for up to --grace seconds, then exits 0.
-* INT stops at once.
+  lets the sessions in flight finish for up to --grace seconds, then cuts
+  the rest as INT does, and exits 0.
+* INT stops at once: it cuts the sessions in flight (SIGINT to each worker,
+  whose relay returns on its next tick, so that each session writes its
+  closing line), waits CUT_WAIT seconds for the workers, kills what is
+  left, and exits 0.  A second INT kills at once.
 * USR1 logs one status line.
+
+With --relay shared the master also forks the relay processes (sockd.relayproc,
+`Fleet`) before the first workers, and a new one on its tick for each that
+died.  HUP makes them reopen the log; TERM lets them carry their tunnels on
+until the workers are gone, then each leaves with its last tunnel; INT and
+the end of --grace cut their tunnels (SIGINT, each tunnel writes its closing
+line) along with the workers' sessions, within the same CUT_WAIT.
 
 A worker exiting with EXIT_BOOT_ERROR means workers cannot start at all (a
 bad --user, say): the master stops with exit status 3 rather than fork again
@@ -35,20 +46,22 @@ import signal
 import socket
 import time
 
+from sockd import listeners, pool, proctitle, relayproc, route, rules, scoreboard
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
-from sockd import pool, proctitle, relayproc, route, rules
 from sockd.failures import LoginFailures
+from sockd.notify import Notifier
 from sockd.passwords import PasswordTable
-from sockd.scoreboard import Scoreboard, Slot, State
+from sockd.scoreboard import Scoreboard, ScoreboardError, Slot, State
 from sockd.settings import Settings
-from sockd.worker import EXIT_BOOT_ERROR, Worker
+from sockd.worker import EXIT_BOOT_ERROR, HELD_AT_FORK, Worker
 
 log = logging.getLogger("sockd")
 
 EXIT_OK = 0
 EXIT_WORKERS_FAILED = 3
 TICK = 1.0
+CUT_WAIT = 2 * TICK     # seconds a cut worker has to write its session's closing line
 _SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
             signal.SIGCHLD)
 
@@ -75,6 +88,19 @@ def census(slots: list[Slot], generation: int) -> tuple[int, int]:
     return spare, len(slots)
 
 
+def make_scoreboard(size: int, lanes: int = 0, per_lane: int = 0) -> Scoreboard:
+    """The scoreboard in its file for `sockd --status` (sockd.scoreboard), or, when that
+    cannot be made (not root, say), in memory only, with a warning.  *lanes* of *per_lane*
+    tunnel slots follow the workers' *size* slots (--relay shared)."""
+    try:
+        return Scoreboard.create(size, scoreboard.path_for(os.getpid()), time.time(),
+                                 lanes, per_lane)
+    except ScoreboardError as exc:
+        log.warning("warning -- no scoreboard file, sockd --status cannot see this server: %s",
+                    exc)
+        return Scoreboard(size, lanes, per_lane)
+
+
 class Master:
     """The preforking master (gunicorn's Arbiter, Apache's prefork MPM)."""
 
@@ -87,17 +113,19 @@ class Master:
         self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
         self.fd_limit = relayproc.raise_fd_limit()
         self.tunnel_room = relayproc.tunnels_per_process(self.fd_limit)
-        self.board = Scoreboard(2 * settings.max_workers, settings.relay_count,
-                                self.tunnel_room if settings.relay_count else 0)
+        self.board = make_scoreboard(2 * settings.max_workers, settings.relay_count,
+                                     self.tunnel_room if settings.relay_count else 0)
         self.fleet = relayproc.Fleet(settings, self.board, listeners) \
             if settings.relay_count else None
         self.failures = LoginFailures()
+        self.notifier = Notifier()     # before any fork: takes NOTIFY_SOCKET out of environ
         self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
         self.generation = 1
         self.spawn_rate = 1
         self.warned = False
         self.pending: list[int] = []
         self.stop_deadline: float | None = None
+        self.cut_deadline: float | None = None
         self.exit_code: int | None = None
         self.served_by_gone = 0
         self.next_tick = 0.0
@@ -116,16 +144,20 @@ class Master:
         if self.fleet is not None:
             self.fleet.spawn_missing()      # first: the workers inherit the lanes
         self.spawn_workers(self.settings.min_spare)
-        while self.exit_code is None:
-            self.sleep()
-            self.dispatch_signals()
-            self.reap_workers()
-            if self.stop_deadline is not None:
-                self.check_drained()
-            elif time.monotonic() >= self.next_tick:
-                self.next_tick = time.monotonic() + TICK
-                self.maintain_pool()
-            self.show_title()
+        self.notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
+        try:
+            while self.exit_code is None:
+                self.sleep()
+                self.dispatch_signals()
+                self.reap_workers()
+                if self.stop_deadline is not None:
+                    self.check_drained()
+                elif time.monotonic() >= self.next_tick:
+                    self.next_tick = time.monotonic() + TICK
+                    self.maintain_pool()
+                self.show_title()
+        finally:
+            self.board.remove()     # workers never come here: they end in os._exit
         return self.exit_code
 
     def init_signals(self) -> None:
@@ -175,30 +207,37 @@ class Master:
         except OSError as exc:
             log.error("error -- reload failed, the rules in force stay: %s", exc)
             return
+        self.notifier.send("RELOADING=1")
         self.rules, self.passwords = new_rules, new_passwords
         self.generation += 1
+        self.board.set_generation(self.generation)
         log.info("reloaded -- generation %d", self.generation)
         self.log_rules_in_force()
         self.signal_workers(signal.SIGTERM, older_than=self.generation)
         self.spawn_workers(min(self.settings.min_spare,
                                self.settings.max_workers - len(self.workers)))
+        self.notifier.send("READY=1", f"STATUS=serving, generation {self.generation}")
 
     def handle_term(self) -> None:
         if self.stop_deadline is None:
             log.info("stopping -- letting %d workers finish for up to %g s",
                      len(self.workers), self.settings.grace)
             self.stop_deadline = time.monotonic() + self.settings.grace
+            self.notifier.send("STOPPING=1", "STATUS=letting sessions finish")
             self.close_listeners()
             self.signal_workers(signal.SIGTERM)
 
     def handle_int(self) -> None:
+        if self.cut_deadline is not None:   # a second INT: no more waiting
+            self.halt(EXIT_OK)
+            return
         log.info("stopping now -- letting no session finish")
-        self.close_listeners()
-        self.signal_workers(signal.SIGKILL)
-        if self.fleet is not None:
-            self.fleet.cut()
-        self.wait_for_workers()
-        self.exit_code = EXIT_OK
+        log.info("stopping now -- letting no session finish")
+        self.notifier.send("STOPPING=1", "STATUS=cutting sessions")
+        if self.stop_deadline is None:
+            self.close_listeners()
+        self.stop_deadline = time.monotonic()
+        self.cut_sessions()
 
     handle_quit = handle_int
 
@@ -230,9 +269,13 @@ class Master:
         self.board.claim(index, 0, self.generation)
         worker = Worker(index, self.generation, self.listeners, self.settings, self.rules,
                         self.board, self.passwords, self.failures)
-        pid = os.fork()
-        if pid == 0:
-            worker.run()  # never returns
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_FORK)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                worker.run()  # never returns; releases the signals once its handlers are set
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.board.set_pid(index, pid)
         self.workers[pid] = (index, self.generation)
         return True
@@ -256,6 +299,7 @@ class Master:
         index, _ = self.workers.pop(pid)
         slot = self.board.read(index)
         self.served_by_gone += slot.sessions
+        self.board.set_served_by_gone(self.served_by_gone)
         self.board.release(index)
         if os.WIFSIGNALED(status):
             log.error("error -- worker %d killed by signal %d (%s)", pid, os.WTERMSIG(status),
@@ -302,25 +346,34 @@ class Master:
 
     def check_drained(self) -> None:
         relays = self.fleet.pids if self.fleet is not None else ()
-        if not self.workers and relays:
+        if not self.workers and relays and self.cut_deadline is None:
             self.fleet.stop()   # no more hand-offs can come: relays leave once empty
         if not self.workers and not relays:
-            log.info("stopped -- every session finished")
+            if self.cut_deadline is None:
+                log.info("stopped -- every session finished")
             self.exit_code = EXIT_OK
+        elif self.cut_deadline is not None:
+            if time.monotonic() >= self.cut_deadline:
+                self.halt(EXIT_OK)      # workers that were not relaying, or are stuck
         elif time.monotonic() >= self.stop_deadline:
             log.info("stopped -- grace period over, %d sessions cut",
                      len(self.workers) + len(self.board.tunnels()))
-            self.signal_workers(signal.SIGKILL)
-            if self.fleet is not None:
-                self.fleet.cut()
-            self.wait_for_workers()
-            self.exit_code = EXIT_OK
+            self.cut_sessions()
+
+    def cut_sessions(self) -> None:
+        """Ask every worker to end its session now (its relay returns and the session logs
+        its closing line), and every relay process to end its tunnels (each logs its
+        closing line), and give them CUT_WAIT seconds before they are killed."""
+        self.cut_deadline = time.monotonic() + CUT_WAIT
+        self.signal_workers(signal.SIGINT)
+        if self.fleet is not None:
+            self.fleet.cut()
 
     def halt(self, code: int) -> None:
         self.close_listeners()
         self.signal_workers(signal.SIGKILL)
-        if self.fleet is not None:
-            self.fleet.cut()
+        if self.fleet is not None:     # cut already (INT, --grace): no more waiting
+            self.fleet.halt(0.0 if self.cut_deadline is not None else CUT_WAIT)
         self.wait_for_workers()
         self.exit_code = code
 
@@ -335,7 +388,7 @@ class Master:
 
     def close_listeners(self) -> None:
         for sock in self.listeners:
-            sock.close()
+            listeners.stop(sock)
 
     # -- what the administrator sees -------------------------------------------------
 

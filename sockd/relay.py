@@ -16,6 +16,16 @@ empty peek is the end of file; otherwise one byte moves through the same pipe
 (keeping its order) and the mark is behind us.  A busy stream never takes that
 path.  read_urgent_inline() is for the caller to set the option on each socket
 before its peer can send: the kernel may drop an urgent byte that comes earlier.
+
+One exception to "never enter Python": a caller may observe the
+client-to-server direction (relay(observe_client=...); sockd.ftpaudit does,
+for FTP control connections).  That direction alone is read with recv(2),
+handed to the observer, and written on with send(2): the same
+states (end of file, half-close, urgent bytes inline, idle time, counts) and
+the same loop, and the bytes reach the server unchanged and in order.  recv(2)
+reads through an urgent mark by itself (SO_OOBINLINE), so that direction needs
+no step over it.  Every other direction, and every session not observed,
+splices exactly as above.
 """
 
 import errno
@@ -24,6 +34,7 @@ import os
 import select
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +42,7 @@ PIPE_SIZE = 1 << 20          # bytes a direction may hold in flight
 CHUNK = 1 << 20              # most bytes asked of one splice(2)
 TICK = 1.0                   # seconds between calls of on_tick
 PUMP_ROUNDS = 8              # reads in a row for one direction before looking around
+OBSERVED_CHUNK = 1 << 18     # most bytes asked of one recv(2) in an observed direction
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -246,6 +258,66 @@ class _Direction:
             self.pipe = None
 
 
+class _ObservedDirection(_Direction):
+    """A direction whose bytes an observer sees: recv(2), then send(2) of the same bytes.
+
+    The same states as _Direction (held, full, room, eof, shut, count), so
+    the loop and pump() drive it unchanged; only how bytes move differs.
+    What has been read and not yet sent waits as the very objects recv(2)
+    returned, in order: no copy.
+    """
+
+    __slots__ = ("dst_sock", "observe", "waiting")
+
+    def __init__(self, src: socket.socket, dst: socket.socket,
+                 observe: Callable[[bytes], None]) -> None:
+        self.src, self.dst = src.fileno(), dst.fileno()
+        self.src_sock, self.dst_sock = src, dst
+        self.observe = observe
+        self.waiting: deque[memoryview] = deque()
+        self.room = PIPE_SIZE
+        self.held = 0
+        self.full = False
+        self.count = 0
+        self.eof = False
+        self.shut = False
+
+    def fill(self, readable: bool = False) -> int:
+        """Read what the source has, show it to the observer, keep it to be sent."""
+        try:
+            data = self.src_sock.recv(OBSERVED_CHUNK)
+        except BlockingIOError:
+            return -1
+        if not data:
+            self.eof = True
+            return 0
+        self.observe(data)
+        self.waiting.append(memoryview(data))
+        n = len(data)
+        self.held += n
+        self.count += n
+        return n
+
+    def drain(self) -> None:
+        """Send what waits to the destination, as far as it takes it."""
+        waiting = self.waiting
+        while waiting:
+            head = waiting[0]
+            try:
+                n = self.dst_sock.send(head)
+            except BlockingIOError:
+                return
+            self.held -= n
+            self.full = False
+            if n < len(head):
+                waiting[0] = head[n:]
+                return
+            waiting.popleft()
+
+    def close(self) -> None:
+        self.waiting.clear()
+
+
 def read_urgent_inline(sock: socket.socket) -> None:
     """Make *sock* read TCP urgent data inline (SO_OOBINLINE).
 
@@ -267,7 +339,8 @@ def _shutdown_write(sock: socket.socket) -> None:
 
 
 def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
-          on_tick: Callable[[], bool] | None = None) -> Stats:
+          on_tick: Callable[[], bool] | None = None,
+          observe_client: Callable[[bytes], None] | None = None) -> Stats:
     """Relay between *client* and *server* until both directions have ended.
 
     Args:
@@ -275,6 +348,9 @@ def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
             read urgent data inline, here (better: earlier, see read_urgent_inline).
         idle_timeout: end the relay after this many seconds with no byte moved.
         on_tick: called about once a second; returning False stops the relay.
+        observe_client: called with each piece the client sends, in order,
+            before it is passed on; it must not raise.  None (the default)
+            keeps every byte out of Python.
 
     Returns:
         Stats with the byte counts and the reason the relay ended.
@@ -282,7 +358,8 @@ def relay(client: socket.socket, server: socket.socket, *, idle_timeout: float,
     for sock in (client, server):
         sock.setblocking(False)
         read_urgent_inline(sock)  # telnet's interrupt, FTP's ABOR stay in the stream
-    up = _Direction(client, server)
+    up = _Direction(client, server) if observe_client is None \
+        else _ObservedDirection(client, server, observe_client)
     down = _Direction(server, client)
     stats = Stats()
     try:

@@ -41,7 +41,7 @@ from sockd.handoff import HandoffError, Tunnel
 from sockd.scoreboard import Scoreboard
 from sockd.session import log_end
 from sockd.settings import Settings
-from sockd.worker import drop_privileges
+from sockd.worker import HELD_AT_FORK, drop_privileges
 
 log = logging.getLogger("sockd")
 
@@ -148,6 +148,7 @@ class RelayProcess:
         for signum in (signal.SIGUSR1, signal.SIGQUIT):
             signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_FORK)   # see worker.HELD_AT_FORK
         for sock in self.listeners:     # a stopping server's port must close with the master
             sock.close()
         self.inbox = self.lanes.receive_ends[self.lane]
@@ -364,9 +365,13 @@ class Fleet:
             return
         for lane in sorted(set(range(len(self.lanes.receive_ends))) - set(self.pids.values())):
             process = RelayProcess(lane, self.lanes, self.settings, self.board, self.listeners)
-            pid = os.fork()
-            if pid == 0:
-                process.run()   # never returns
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_FORK)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    process.run()   # never returns; releases the signals once its handlers are set
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             self.pids[pid] = lane
 
     def reap(self, pid: int, status: int) -> bool:
@@ -398,10 +403,15 @@ class Fleet:
             self.stopping = True
             self.signal(signal.SIGTERM)
 
-    def cut(self, timeout: float = 10.0) -> None:
-        """Cut every tunnel now (INT): each writes its end line; wait for the processes."""
+    def cut(self) -> None:
+        """Cut every tunnel now (INT, the end of --grace): each writes its end line, and
+        each process leaves; the master reaps them in its loop."""
         self.stopping = True
         self.signal(signal.SIGINT)
+
+    def halt(self, timeout: float) -> None:
+        """Cut every tunnel, wait up to *timeout* seconds for the processes, kill the rest."""
+        self.cut()
         deadline = time.monotonic() + timeout
         while self.pids and time.monotonic() < deadline:
             for pid in list(self.pids):

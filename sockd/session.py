@@ -18,6 +18,7 @@ judgement to sockd.rules, the byte moving to sockd.relay; the worker owns the
 process around it.
 """
 
+import dataclasses
 import errno
 import functools
 import ipaddress
@@ -31,11 +32,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sockd import auth, destination, failures, hooks, ident, listeners, protocol, relay, resolver
+from sockd import (
+    auth,
+    destination,
+    failures,
+    hooks,
+    ident,
+    listeners,
+    protocol,
+    relay,
+    resolver,
+    udp,
+)
+from sockd.ftpaudit import Audit
 from sockd.handoff import Tunnel, hand_off
 from sockd.log import escape
 from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
+from sockd.proxyproto import SIGNATURE_V2, looks_like_header
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
 from sockd.scoreboard import source_key
@@ -71,6 +85,10 @@ def _timeval(seconds: float) -> bytes:
 
 class SessionEnd(Exception):
     """Ends a session early; the line to log has been logged already."""
+
+
+class DestinationRefused(Exception):
+    """Refuses one destination of a UDP association; its line has been logged already."""
 
 
 service_name = functools.lru_cache(maxsize=512)(hooks.service_name)
@@ -140,9 +158,13 @@ class Session:
     status: Status
     passwords: PasswordTable | None = None
     lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
+    # Through a trusted load balancer (sockd.balancer): the client's real address and port
+    # from its PROXY header, and the bytes the client sent after the header.
+    client_address: tuple[str, int] | None = None
+    preread: bytes = b""
 
     def __post_init__(self) -> None:
-        peer = self.sock.getpeername()
+        peer = self.client_address or self.sock.getpeername()
         self.client_addr = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
         self.client = str(self.client_addr)
         self.client_port = peer[1]
@@ -154,6 +176,7 @@ class Session:
         self.user = ""
         self.ident_user = "unknown"     # what identd said; "unknown" until it has answered
         self.ident_known = False
+        self.ident_answer: ident.IdentAnswer | None = None  # UDP: asked once an association
         self.authenticated = False
         self.decision: Decision | None = None
         self.target: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -162,6 +185,8 @@ class Session:
         self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
+        self.handshake.feed(self.preread)
+        self._head = self.preread[:len(SIGNATURE_V2)]  # the client's first bytes
 
     # -- the steps, in order ------------------------------------------------
 
@@ -169,6 +194,9 @@ class Session:
         self.status.negotiating(self.client)
         try:
             self.negotiate()
+            if self.request.command == Command.UDP_ASSOCIATE:
+                self.associate()   # its DST is the client's source: nothing to judge yet
+                return
             self.check_destination()
             self.judge()
             self.check_ident()
@@ -178,8 +206,6 @@ class Session:
             elif self.request.command == Command.BIND:
                 peer = self.accept_peer()
                 self.serve(peer, peer.getpeername())
-            else:
-                self.refuse_command()
         except SessionEnd:
             self._linger()
         finally:
@@ -242,19 +268,31 @@ class Session:
             raise SessionEnd
 
     def check_ident(self) -> None:
-        """RFC 1413 check for rules that ask for it (?=i, ?=I, or -i/-I), as the original's.
+        """RFC 1413 check for rules that ask for it (?=i, ?=I, or -i/-I), as the original's;
+        a refusal gets SOCKS4 92 or 93 (SOCKS5 0x02) and ends the session."""
+        refusal = self._ident_refusal()
+        if refusal is not None:
+            self._send(self.handshake.reply(refusal) if self.request.version == 4
+                       else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
+            raise SessionEnd
 
-        An identd that names another user than the client claimed refuses the
-        request (SOCKS4 93) and runs #BAD_ID:, whatever the policy.  No answer
-        refuses (SOCKS4 92) under a strict policy and lets the request through
-        under a relaxed one; #NO_IDENTD: runs either way.  A SOCKS5 client
-        without RFC 1929 claims no user: only "no answer" can refuse it.
+    def _ident_refusal(self) -> Socks4Reply | None:
+        """The ident check of the rule that allowed the request: its hooks and log lines,
+        and the SOCKS4 code of a refusal, or None when the request goes on.
+
+        An identd that names another user than the client claimed refuses (93) and runs
+        #BAD_ID:, whatever the policy.  No answer refuses (92) under a strict policy and
+        lets the request through under a relaxed one; #NO_IDENTD: runs either way.  A
+        SOCKS5 client without RFC 1929 claims no user: only "no answer" can refuse it.
+        identd is asked at most once a session (a UDP association judges many destinations).
         """
         policy = self.decision.ident_policy(IdentPolicy(self.settings.ident))
         if policy is IdentPolicy.NONE:
             self._run_rule_hook()
-            return
-        answer = self._ask_identd()
+            return None
+        if self.ident_answer is None:
+            self.ident_answer = self._ask_identd()
+        answer = self.ident_answer
         if answer.answered:
             self.ident_user, self.ident_known, self._story = answer.user, True, None
             claimed = self._claimed_user()
@@ -263,28 +301,27 @@ class Session:
                 log.info("refused -- %s", self.story())
                 log.info("*Alert*: real user is %s, not %s session=%s", escape(answer.user),
                          escape(claimed) or "-", self.id)
-                self._send(self.handshake.reply(Socks4Reply.BAD_ID) if self.request.version == 4
-                           else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
-                raise SessionEnd
+                return Socks4Reply.BAD_ID
             self._run_rule_hook()
-            return
+            return None
         self._run_hook(self.rules.no_identd)
         if policy is IdentPolicy.STRICT:
             log.info("refused -- %s", self.story())
-            self._send(self.handshake.reply(Socks4Reply.NO_IDENTD)
-                       if self.request.version == 4
-                       else self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
         log.info("cannot connect to identd on %s (%s) session=%s", self.client, answer.reason,
                  self.id)
         if policy is IdentPolicy.STRICT:
-            raise SessionEnd
+            return Socks4Reply.NO_IDENTD
         self._run_rule_hook()
+        return None
 
     def _ask_identd(self) -> ident.IdentAnswer:
         """Ask the client host's identd, from the address the client reached."""
-        local_addr, local_port = self.sock.getsockname()[:2]
+        if self.client_address is not None:
+            # The client's identd knows a connection to the balancer, not to us.
+            return ident.IdentAnswer.no_answer("behind a load balancer")
+        local_addr, local_port = self.local_address
         self.status.identifying()
-        return ident.query(self.client, self.client_port, local_addr, local_port,
+        return ident.query(self.client, self.client_port, str(local_addr), local_port,
                            self.settings.ident_timeout)
 
     def _claimed_user(self) -> str | None:
@@ -293,11 +330,6 @@ class Session:
         if self.request.version == 4:
             return self.request.userid
         return self.user if self.authenticated else None
-
-    def refuse_command(self) -> None:
-        log.info("failed -- %s. Error: command not supported", self.story())
-        self._send(self.handshake.failure_reply(Socks5Reply.COMMAND_NOT_SUPPORTED))
-        raise SessionEnd
 
     def connect(self) -> socket.socket:
         """Open the outbound connection; a failure gets the matching reply.
@@ -364,15 +396,26 @@ class Session:
                                  f"{COMMAND_WORDS[self.request.command]} {self.dest()} "
                                  f"({service_name(self.request.port)})")
             pending = self.handshake.trailing()
-            if self.settings.relay == "shared" and hand_off(self.tunnel(pending), self.sock,
-                                                              upstream):
+            observe = self._ftp_audit()
+            # An audited control connection stays here: relay processes have no observer.
+            if observe is None and self.settings.relay == "shared" and \
+                    hand_off(self.tunnel(pending), self.sock, upstream):
                 return      # a relay process carries it on, and writes the end line
             if pending:
+                if observe is not None:
+                    observe(pending)
                 upstream.sendall(pending)
             stats = relay.relay(self.sock, upstream, idle_timeout=self.settings.idle_timeout,
-                                on_tick=self.status.tick)
+                                on_tick=self.status.tick, observe_client=observe)
         self._log_end("timed-out" if stats.reason == "idle" else "terminated",
                       stats.from_client + len(pending), stats.from_server, stats.reason)
+
+    def _ftp_audit(self) -> Callable[[bytes], None] | None:
+        """The relay's observer for a CONNECT to an --ftp-audit port (sockd.ftpaudit)."""
+        if self.request.command != Command.CONNECT or \
+                self.request.port not in self.settings.ftp_audit:
+            return None
+        return Audit(self.story)
 
     def _log_end(self, verdict: str, from_client: int, from_server: int, reason: str) -> None:
         log_end(verdict, self.story(), from_client, self.client, from_server, self.dest(),
@@ -466,15 +509,23 @@ class Session:
             return
         if destination.means_this_host(address):
             self._refuse("destination means this host")
-        if self.own_listeners().reached_by(address, self.request.port, resolver.is_local):
+        if self.reaches_own_listener(address):
             self._refuse("destination is a listener of this server")
 
-    def own_listeners(self) -> destination.OwnListeners:
-        """--listen (or the default), and the port this client reached, on any local
-        address: a systemd or inetd socket may listen on every address."""
-        reached = self.sock.getsockname()[1]
-        return configured_listeners(self.settings.listen) | destination.OwnListeners(
-            any_address_ports=frozenset({reached}))
+    def reaches_own_listener(self, address: resolver.IPAddress) -> bool:
+        """Would connecting to *address* at the requested port reach one of our listeners:
+        those of --listen (or the default), or the port this client reached, on any local
+        address (a systemd or inetd socket may listen on every address)?"""
+        port = self.request.port
+        return (configured_listeners(self.settings.listen).reached_by(address, port,
+                                                                      resolver.is_local)
+                or (port == self.local_address[1] and resolver.is_local(address)))
+
+    @functools.cached_property
+    def local_address(self) -> tuple[resolver.IPAddress, int]:
+        """The address and port the client connected to (unmapped)."""
+        host, port = self.sock.getsockname()[:2]
+        return unmapped(ipaddress.ip_address(host.partition("%")[0])), port
 
     def _next_event(self, deadline: float):
         """The next handshake event, reading from the client as needed."""
@@ -482,13 +533,19 @@ class Session:
             try:
                 event = self.handshake.next_event()
             except ProtocolError as exc:
-                log.info("error -- %s from host %s session=%s", exc.reason, self.peer, self.id)
+                reason = exc.reason
+                if self.handshake.version is None and looks_like_header(self._head):
+                    reason = "PROXY protocol header from an address --proxy-protocol does " \
+                             "not trust"
+                log.info("error -- %s from host %s session=%s", reason, self.peer, self.id)
                 if exc.reply:
                     self._send(exc.reply)
                 raise SessionEnd from None
             if event is not protocol.NEED_DATA:
                 return event
-            self.handshake.feed(self._recv(deadline))
+            data = self._recv(deadline)
+            self._head += data[:len(SIGNATURE_V2) - len(self._head)]
+            self.handshake.feed(data)
 
     def _recv(self, deadline: float) -> bytes:
         """Read from the client; the socket's SO_RCVTIMEO slices the wait (negotiate())."""
@@ -508,6 +565,11 @@ class Session:
                 raise SessionEnd from None
             if data:
                 return data
+            if not self._head:
+                # A balancer's TCP health check: connect, then close.  Not worth a line.
+                log.debug("client %s closed the connection before sending a byte session=%s",
+                          self.peer, self.id)
+                raise SessionEnd
             log.info("error -- client %s closed the connection while negotiating session=%s",
                      self.peer, self.id)
             raise SessionEnd
@@ -587,7 +649,7 @@ class Session:
         the address the client reached (in *expected*'s family when they differ)."""
         local = self._route_source(expected) if not expected.is_unspecified else None
         if local is None:
-            local = unmapped(ipaddress.ip_address(self.sock.getsockname()[0].partition("%")[0]))
+            local = self.local_address[0]
             if not expected.is_unspecified and local.version != unmapped(expected).version:
                 local = ipaddress.ip_address("::" if expected.version == 6 else "0.0.0.0")
         listener = socket.socket(socket.AF_INET6 if local.version == 6 else socket.AF_INET,
@@ -667,3 +729,156 @@ class Session:
                                     command=COMMAND_WORDS[request.command],
                                     dst=request.host, port=request.port, resolved=self.target)
         self.hook_runner.start(hooks.expand(template, tokens), line.where)
+
+    # -- UDP ASSOCIATE --------------------------------------------------------
+
+    def associate(self) -> None:
+        """UDP ASSOCIATE: open the relay, reply with its address, relay until the end.
+
+        The request's DST is the client's expected source, not a destination:
+        it is neither checked nor judged, and only its port (when not 0) is
+        used, as the port the client's datagrams must come from.  The
+        association itself is granted to a client that came through
+        negotiation (and RFC 1929 authentication, when that method was
+        chosen) when some ``udp`` rule could allow it a destination; the rules
+        judge each destination, the first time the client sends to it
+        (`_judge_datagram`).  The association stays in this worker with --relay
+        shared: relay processes carry TCP tunnels only.
+        """
+        if not self.rules.may_allow("udp", self.client_addr, self.user, self.authenticated):
+            log.info("refused -- %s. Error: no rule allows udp for this client", self.story())
+            self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
+            raise SessionEnd
+        local = self.local_address[0]
+        if self.client_address is not None:
+            # Through a load balancer the client reached the balancer, not us, and datagrams
+            # do not pass a TCP balancer: the route file names our address that leads to the
+            # client, else the one the balancer reached (sockd(8), Behind a load balancer).
+            local = self._route_source(self.client_addr) or local
+        try:
+            association = udp.Association(local, self.client_addr, self.request.port)
+        except OSError as exc:
+            self._fail(Socks5Reply.GENERAL_FAILURE, f"Error code: bind() {exc.strerror}")
+        with association:
+            address, port = association.relay_address
+            self.outbound = format_host(address, port)
+            self._story = None
+            log.info("connected -- %s", self.story())
+            self._send(self.handshake.reply(Socks5Reply.SUCCEEDED, address, port))
+            self.status.relaying(escape(self.user, 32), f"udp relay {self.outbound}")
+            reason = association.run(self.sock,
+                                     functools.partial(self._judge_datagram, association),
+                                     idle_timeout=self.settings.idle_timeout,
+                                     on_tick=self.status.tick)
+        n = association.counters
+        log.info("%s -- %s: %d datagrams (%d bytes) from %s, %d datagrams (%d bytes) to %s, "
+                 "dropped %d frag, %d malformed, %d strangers, %d refused, %d failed, "
+                 "%.3f s (%s)", "timed-out" if reason == "idle" else "terminated", self.story(),
+                 n.from_client, n.from_client_bytes, self.client, n.to_client,
+                 n.to_client_bytes, self.client, n.frag, n.malformed, n.strangers, n.refused,
+                 n.failed, time.monotonic() - self.started, reason)
+
+    def _judge_datagram(self, association: udp.Association, host: protocol.Host,
+                        port: int) -> udp.Verdict:
+        """The verdict on a destination a UDP association sends to for the first time.
+
+        The checks, rules, ident policy, hooks and log line of a CONNECT to
+        *host*:*port*, except that a refusal refuses this destination, never
+        the association, and no reply is sent.  The session's request,
+        decision and target stand for the destination meanwhile, so that
+        story() and the hooks tell of it; they are put back afterwards.
+        """
+        saved = (self.request, self.decision, self.target, self.outbound,
+                 self.connect_deadline)
+        self.request = dataclasses.replace(self.request, host=host, port=port)
+        self.decision, self.target, self.outbound, self._story = None, None, "", None
+        self.connect_deadline = time.monotonic() + self.settings.connect_timeout
+        try:
+            return self._admit_destination(association)
+        except DestinationRefused:
+            return udp.REFUSED
+        finally:
+            (self.request, self.decision, self.target, self.outbound,
+             self.connect_deadline) = saved
+            self._story = None
+
+    def _admit_destination(self, association: udp.Association) -> udp.Verdict:
+        """_judge_datagram's steps, in the order check_destination(), judge(),
+        check_ident() and connect() take them; DestinationRefused ends them."""
+        host = self.request.host
+        if isinstance(host, str):
+            try:
+                destination.host_name(host)
+            except destination.InvalidName as exc:
+                log.info("error -- invalid host name '%s' (%s) from host %s session=%s",
+                         escape(host), exc, self.peer, self.id)
+                raise DestinationRefused from None
+            self.target = resolver.numeric(host)
+        else:
+            self.target = unmapped(host)
+        if self.target is not None:
+            self._check_datagram_target()
+        query = Query(command="udp", src=self.client_addr, user=self.user,
+                      authenticated=self.authenticated, dst=self.target or host,
+                      port=self.request.port)
+        self.decision = self.rules.evaluate(query, self._resolve_datagram)
+        self._story = None
+        if not self.decision.allowed:
+            self._run_rule_hook()
+            log.info("refused -- %s", self.story())
+            raise DestinationRefused
+        self._check_datagram_ident(association)
+        target = self._resolve_datagram(host)
+        try:
+            sock = association.outbound_for(target, self._route_source(target))
+        except OSError as exc:
+            log.info("failed -- %s. Error code: bind() %s", self.story(), exc.strerror)
+            raise DestinationRefused from None
+        if association.sockets().reached_by(target, self.request.port, resolver.is_local):
+            log.info("refused -- %s. Error: destination is a socket of this association",
+                     self.story())
+            raise DestinationRefused
+        self.outbound = format_host(*association.source_towards(sock, target,
+                                                                self.request.port))
+        self._story = None
+        log.info("connected -- %s", self.story())
+        return udp.Verdict(target, sock)
+
+    def _check_datagram_ident(self, association: udp.Association) -> None:
+        """The ident check for a datagram's destination: a refusal refuses that
+        destination only, without a reply."""
+        asking = self.ident_answer is None
+        refusal = self._ident_refusal()
+        if asking and self.ident_answer is not None:
+            self.status.relaying(escape(self.user, 32),   # the title before identd
+                                 f"udp relay {format_host(*association.relay_address)}")
+        if refusal is not None:
+            raise DestinationRefused
+
+    def _resolve_datagram(self, name: str) -> resolver.IPAddress:
+        """_resolve() for a datagram's destination: a failure refuses the destination."""
+        if self.target is not None:
+            return self.target
+        try:
+            self.target = self.lookup(self.request.host,
+                                      self.connect_deadline - time.monotonic())
+        except ResolveTimeout:
+            log.info("timed-out -- %s: getaddrinfo() after %g s", self.story(),
+                     self.settings.connect_timeout)
+            raise DestinationRefused from None
+        except ResolveError as exc:
+            log.info("failed -- %s. Error code: getaddrinfo() %s", self.story(), exc)
+            raise DestinationRefused from None
+        self._story = None
+        self._check_datagram_target()
+        return self.target
+
+    def _check_datagram_target(self) -> None:
+        """_check_target() for a datagram's destination."""
+        if destination.means_this_host(self.target):
+            log.info("refused -- %s. Error: destination means this host", self.story())
+            raise DestinationRefused
+        if self.reaches_own_listener(self.target):
+            log.info("refused -- %s. Error: destination is a listener of this server",
+                     self.story())
+            raise DestinationRefused

@@ -4,6 +4,7 @@ A plain frozen value: the master, the workers and the sessions read it and
 nothing writes it after start-up.
 """
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
@@ -37,9 +38,12 @@ class Settings:
     idle_timeout: float = 7200.0
     ident_timeout: float = 15.0
     grace: float = 30.0
+    # --proxy-protocol: the load balancers whose PROXY headers are believed (sockd.balancer)
+    proxy_protocol: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     debug: bool = False
     relay: str = "worker"               # --relay: who relays an established session
     relay_processes: int | None = None  # --relay-processes; None: one per CPU
+    ftp_audit: frozenset[int] = frozenset({21})    # --ftp-audit: CONNECT ports audited as FTP
 
     @property
     def per_source_cap(self) -> int:

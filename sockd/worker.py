@@ -3,7 +3,9 @@
 Owns the worker's life after fork: its signals, its privileges, its slot of
 the scoreboard and its process title, and the checks made at accept, before
 a client costs a negotiation: a client whose address no rule can permit, or
-whose address already has --max-per-source sessions, is closed at once.
+whose address already has --max-per-source sessions, is closed at once.  A
+connection from a trusted load balancer (--proxy-protocol) is judged by the
+client address its PROXY header names, read first (sockd.balancer).
 `Worker.__init__` runs in the master before fork and only stores values;
 everything process-wide happens in `init_process`, in the child.  Exit codes
 are a protocol with the master: EXIT_OK after a normal retirement,
@@ -13,7 +15,6 @@ halts instead of forking again and again).
 
 import errno
 import grp
-import ipaddress
 import logging
 import os
 import pwd
@@ -22,11 +23,11 @@ import signal
 import socket
 import time
 
-from sockd import hooks, proctitle
+from sockd import balancer, hooks, proctitle
 from sockd.failures import LoginFailures
 from sockd.log import escape
 from sockd.passwords import PasswordTable
-from sockd.rules import Ruleset, SourceVerdict, unmapped
+from sockd.rules import Ruleset, SourceVerdict
 from sockd.scoreboard import Scoreboard, State, source_key
 from sockd.session import Session, Status, format_host
 from sockd.settings import Settings
@@ -38,6 +39,10 @@ EXIT_BOOT_ERROR = 3
 _ACCEPT_AGAIN = (errno.EAGAIN, errno.ECONNABORTED, errno.EPROTO, errno.EINTR)
 _SICK = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 REPORT_INTERVAL = 10.0      # seconds between two lines about clients refused at accept
+# Held (blocked) by the master across fork and released by the child once its own handlers
+# are in place: a TERM or INT sent to a worker just forked is then acted on, not recorded
+# into the master's handler that the child inherited and lost.
+HELD_AT_FORK = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def drop_privileges(user: str | None) -> None:
@@ -94,6 +99,7 @@ class Worker(Status):
         self.failures = failures
         self.master_pid = os.getpid()
         self.stopping = False
+        self.cut = False                # INT: end the session now, with its closing line
         self.served = 0
         self.client = ""
         self.waiting = False            # the listeners are in our epoll's wait set
@@ -124,13 +130,14 @@ class Worker(Status):
     def init_process(self) -> None:
         """Runs in the child: signals, privileges, the wait set, the title."""
         signal.signal(signal.SIGTERM, self._record_stop)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, self._record_cut)
         signal.signal(signal.SIGQUIT, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_FORK)   # see HELD_AT_FORK
         drop_privileges(self.settings.user)
         self.hook_runner = hooks.HookRunner(logger=log)
         self.poller = select.epoll()
@@ -141,6 +148,11 @@ class Worker(Status):
 
     def _record_stop(self, signum, frame) -> None:
         self.stopping = True
+
+    def _record_cut(self, signum, frame) -> None:
+        # The relay sees it on its next tick (within a second), returns, and the session
+        # writes its closing line; the master kills a worker not relaying after a moment.
+        self.stopping = self.cut = True
 
     def serve_forever(self) -> None:
         """Wait for a client, serve it, until told to stop or retired."""
@@ -177,25 +189,34 @@ class Worker(Status):
             if exc.errno in _SICK:
                 log.error("error -- accept(): %s", exc.strerror)
                 time.sleep(0.1)
+            elif exc.errno == errno.EINVAL:
+                # The master has shut the listeners down (sockd.listeners.stop): we are
+                # stopping, and our SIGTERM is on its way.  Wait for it without them.
+                self._leave_wait_set()
             elif exc.errno not in _ACCEPT_AGAIN:
                 raise
             return False
-        if self.admit(conn, peer):
-            self.serve(conn)
+        arrival = balancer.arrival(conn, peer, self.settings.proxy_protocol,
+                                   self.settings.negotiate_timeout, self.tick)
+        if arrival is None:
+            conn.close()
+        elif self.admit(conn, arrival):
+            self.serve(conn, arrival)
         return True
 
-    def admit(self, conn: socket.socket, peer: tuple) -> bool:
-        """The checks at accept (sockd(8), Processes).  A client let in has its session
-        recorded in the scoreboard; one refused is closed without a reply, and the reason
-        logged, rate-limited.  Cheap: a few big-integer operations for the rules, a scan of
-        the scoreboard for the cap."""
-        address = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
+    def admit(self, conn: socket.socket, arrival: balancer.Arrival) -> bool:
+        """The checks at accept (sockd(8), Processes), on the real client's address.  A
+        client let in has its session recorded in the scoreboard; one refused is closed
+        without a reply, and the reason logged, rate-limited (not at all for a balancer's
+        own health check, logged by sockd.balancer at debug level).  Cheap: a few
+        big-integer operations for the rules, a scan of the scoreboard for the cap."""
+        address, port = arrival.address, arrival.port
         if self.rules.source_verdict(address) is SourceVerdict.NEVER:
             conn.close()
-            unreported = self.unpermitted.due(time.monotonic())
+            unreported = None if arrival.local else self.unpermitted.due(time.monotonic())
             if unreported is not None:
                 log.info("refused -- client %s at accept: no rule can permit this source "
-                         "(%d more since the last report)", format_host(address, peer[1]),
+                         "(%d more since the last report)", format_host(address, port),
                          unreported)
             return False
         # Race-safe across workers: record our session first, then count.  Two workers that
@@ -207,20 +228,21 @@ class Worker(Status):
         if cap and others >= cap:
             self.board.withdraw_session(self.index, self.served)
             conn.close()
-            unreported = self.over_cap.due(time.monotonic())
+            unreported = None if arrival.local else self.over_cap.due(time.monotonic())
             if unreported is not None:
                 log.info("refused -- client %s at accept: %d sessions already from %s "
                          "(--max-per-source %d; %d more since the last report)",
-                         format_host(address, peer[1]), others, address, cap, unreported)
+                         format_host(address, port), others, address, cap, unreported)
             return False
         return True
 
-    def serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, arrival: balancer.Arrival) -> None:
         """One session, with the scoreboard and title kept true around it."""
         self.served += 1
         try:
             session = Session(conn, self.settings, self.rules, self.hook_runner, self,
-                              self.passwords)
+                              self.passwords, client_address=arrival.client_address,
+                              preread=arrival.preread)
         except OSError:
             conn.close()  # the client left before we could ask who it was
             self.board.end_session(self.index, time.time(), 0, 0)
@@ -299,4 +321,4 @@ class Worker(Status):
         if self.stopping and self.listeners:
             self._stop_listening()
         self.hook_runner.reap()
-        return True
+        return not self.cut

@@ -63,10 +63,19 @@ def require(program: str) -> str:
     return path
 
 
+def private_etc(files: dict[str, Path]) -> list[str]:
+    """A `wrap` for the sockd fixture: run sockd in a private mount namespace where each
+    file of /etc named in *files* is the test's own (bind-mounted); the host is untouched."""
+    mounts = " && ".join(f"mount --bind {src} {dst}" for dst, src in files.items())
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'{mounts} && exec "$0" "$@"']
+
+
 class Sockd:
     """A real sockd process on a free loopback port, logging to a file."""
 
-    def __init__(self, tmp: Path, rules: str | None, args: list[str]) -> None:
+    def __init__(self, tmp: Path, rules: str | None, args: list[str],
+                 wrap: list[str] = ()) -> None:
         self.port = free_port()
         self.log_path = tmp / f"sockd-{self.port}.log"
         self.conf = tmp / f"sockd-{self.port}.conf"
@@ -82,7 +91,8 @@ class Sockd:
         # (a chatty sockd would block on a full pipe); teardown reads it.
         self.stderr_path = tmp / f"sockd-{self.port}.stderr"
         with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, start_new_session=True,
+            # *wrap* runs before sockd and must exec it (unshare, setpriv...): the pid stays
+            self.proc = subprocess.Popen([*wrap, *self.argv], cwd=ROOT, start_new_session=True,
                                          stdin=subprocess.DEVNULL, stdout=stderr,
                                          stderr=stderr)
         self.pid = self.proc.pid
@@ -158,8 +168,9 @@ def sockd(tmp_path):
     """Start a sockd: `sockd(rules=LOOPBACK_RULES, args=[])`, stopped after the test."""
     started: list[Sockd] = []
 
-    def start(rules: str | None = LOOPBACK_RULES, args: list[str] = (), ready: bool = True):
-        proc = Sockd(tmp_path, rules, list(args))
+    def start(rules: str | None = LOOPBACK_RULES, args: list[str] = (), ready: bool = True,
+              wrap: list[str] = ()):
+        proc = Sockd(tmp_path, rules, list(args), list(wrap))
         started.append(proc)
         return proc.wait_ready() if ready else proc
 

@@ -24,7 +24,7 @@ def run_relay(proxy_client, proxy_server, **kw):
     result = {}
     thread = threading.Thread(target=lambda: result.update(
         stats=relay(proxy_client, proxy_server, idle_timeout=kw.get("idle", 30),
-                    on_tick=kw.get("on_tick"))))
+                    on_tick=kw.get("on_tick"), observe_client=kw.get("observe"))))
     thread.daemon = True           # a relay that never ends must not keep pytest alive
     thread.start()
     return thread, result
@@ -207,3 +207,158 @@ def test_relay_reads_urgent_data_inline_on_both_sockets():
     assert result["stats"].reason == "eof"
     for sock in (proxy_client, proxy_server):
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE) == 1
+
+
+# -- an observed client-to-server direction (the FTP audit's) --------------------------
+
+
+class Observer:
+    """Keeps what the relay showed it, and checks that it came as bytes."""
+
+    def __init__(self) -> None:
+        self.seen = bytearray()
+        self.calls = 0
+
+    def __call__(self, data: bytes) -> None:
+        assert isinstance(data, bytes) and data
+        self.seen += data
+        self.calls += 1
+
+
+@pytest.mark.parametrize("direction", ["client first", "server first"])
+def test_observed_half_close_keeps_the_other_direction_flowing(direction):
+    client_end, proxy_client, proxy_server, server_end = pairs()
+    observer = Observer()
+    thread, result = run_relay(proxy_client, proxy_server, observe=observer)
+    first, second = (client_end, server_end) if direction == "client first" \
+        else (server_end, client_end)
+    first.sendall(b"question")
+    first.shutdown(socket.SHUT_WR)
+    assert read_all(second) == b"question"
+    second.sendall(b"answer after eof")
+    second.shutdown(socket.SHUT_WR)
+    assert read_all(first) == b"answer after eof"
+    thread.join(10)
+    stats = result["stats"]
+    assert stats.reason == "eof"
+    assert (stats.from_client, stats.from_server) == \
+        ((8, 16) if direction == "client first" else (16, 8))
+    assert bytes(observer.seen) == (b"question" if direction == "client first"
+                                    else b"answer after eof")
+    for s in (client_end, server_end, proxy_client, proxy_server):
+        s.close()
+
+
+def test_observed_large_transfers_arrive_whole_and_the_observer_sees_every_byte():
+    client_end, proxy_client, proxy_server, server_end = pairs()
+    observer = Observer()
+    thread, result = run_relay(proxy_client, proxy_server, observe=observer)
+    up, down = os.urandom(24 << 20), os.urandom(16 << 20)
+    got = {}
+
+    def pump(sock, data, key):
+        reader = threading.Thread(target=lambda: got.__setitem__(key, read_all(sock)))
+        reader.start()
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(60)
+    a = threading.Thread(target=pump, args=(client_end, up, "at client"))
+    b = threading.Thread(target=pump, args=(server_end, down, "at server"))
+    a.start(), b.start()
+    a.join(60), b.join(60)
+    thread.join(60)
+    assert digest(got["at server"]) == digest(up) == digest(bytes(observer.seen))
+    assert digest(got["at client"]) == digest(down)
+    assert (result["stats"].from_client, result["stats"].from_server) == (len(up), len(down))
+    assert observer.calls > 1
+
+
+@pytest.mark.parametrize("direction", ["client first", "server first"])
+def test_observed_urgent_data_is_relayed_inline_and_ends_nothing(direction):
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    observer = Observer()
+    thread, result = run_relay(proxy_client, proxy_server, observe=observer)
+    first, second = (client_end, server_end) if direction == "client first" \
+        else (server_end, client_end)
+    question = send_with_urgent_bytes(first, [b"data before", os.urandom(300000), b""])
+    first.shutdown(socket.SHUT_WR)
+    assert digest(read_all(second)) == digest(question)
+    answer = send_with_urgent_bytes(second, [b"answer", os.urandom(200000), b"after"])
+    second.shutdown(socket.SHUT_WR)
+    assert digest(read_all(first)) == digest(answer)
+    thread.join(TIMEOUT)
+    stats = result["stats"]
+    assert stats.reason == "eof"
+    from_client = question if direction == "client first" else answer
+    assert (stats.from_client, stats.from_server) == \
+        (len(from_client), len(question) + len(answer) - len(from_client))
+    assert digest(bytes(observer.seen)) == digest(from_client)
+    for s in (client_end, server_end, proxy_client, proxy_server):
+        s.close()
+
+
+def test_observed_abor_with_telnet_synch_arrives_in_order():
+    """What an FTP client sends to abort: IAC IP, then IAC DM as urgent data (the SYNCH,
+    RFC 959 §4.1.3), then ABOR; a transfer runs the other way meanwhile."""
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    observer = Observer()
+    thread, result = run_relay(proxy_client, proxy_server, observe=observer)
+    download = os.urandom(4 << 20)
+    got = {}
+    reader = threading.Thread(target=lambda: got.__setitem__("down", read_all(client_end)))
+    reader.start()
+    sender = threading.Thread(target=lambda: (server_end.sendall(download),
+                                              server_end.shutdown(socket.SHUT_WR)))
+    sender.start()
+    client_end.sendall(b"RETR big\r\n\xff\xf4\xff")
+    assert client_end.send(b"\xf2", socket.MSG_OOB) == 1
+    client_end.sendall(b"ABOR\r\n")
+    client_end.shutdown(socket.SHUT_WR)
+    expected = b"RETR big\r\n\xff\xf4\xff\xf2ABOR\r\n"
+    assert read_all(server_end) == expected
+    sender.join(TIMEOUT)
+    reader.join(TIMEOUT)
+    thread.join(TIMEOUT)
+    assert digest(got["down"]) == digest(download)
+    assert bytes(observer.seen) == expected
+    assert (result["stats"].reason, result["stats"].from_client) == ("eof", len(expected))
+
+
+def test_observed_urgent_bytes_in_busy_streams_both_ways():
+    client_end, proxy_client, proxy_server, server_end = tcp_pairs()
+    observer = Observer()
+    thread, result = run_relay(proxy_client, proxy_server, observe=observer)
+    pieces = {key: [os.urandom(1 << 20) for _ in range(8)] for key in ("up", "down")}
+    sent, got = {}, {}
+
+    def talk(sock, key, other):
+        reader = threading.Thread(target=lambda: got.__setitem__(other, read_all(sock)))
+        reader.start()
+        sent[key] = send_with_urgent_bytes(sock, pieces[key])
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(TIMEOUT)
+    talkers = [threading.Thread(target=talk, args=(client_end, "up", "down")),
+               threading.Thread(target=talk, args=(server_end, "down", "up"))]
+    for t in talkers:
+        t.start()
+    for t in talkers:
+        t.join(TIMEOUT)
+    thread.join(TIMEOUT)
+    assert digest(got["up"]) == digest(sent["up"]) == digest(bytes(observer.seen))
+    assert digest(got["down"]) == digest(sent["down"])
+    stats = result["stats"]
+    assert (stats.reason, stats.from_client, stats.from_server) == \
+        ("eof", len(sent["up"]), len(sent["down"]))
+
+
+def test_observed_idle_timeout_and_reset_end_the_relay():
+    client_end, proxy_client, proxy_server, server_end = pairs()
+    thread, result = run_relay(proxy_client, proxy_server, idle=1, observe=Observer())
+    thread.join(10)
+    assert result["stats"].reason == "idle"
+    client_end, proxy_client, proxy_server, server_end = pairs()
+    thread, result = run_relay(proxy_client, proxy_server, observe=Observer())
+    server_end.close()
+    client_end.sendall(b"x" * 100000)
+    thread.join(10)
+    assert result["stats"].reason in ("reset", "eof")

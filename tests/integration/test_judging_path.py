@@ -8,18 +8,14 @@ checks that it is now refused, with the right reply and log line.
 
 import contextlib
 import ipaddress
-import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import ROOT, _EchoHandler, free_port, serve, wait_until
+from conftest import _EchoHandler, free_port, private_etc, serve
 
 pytestmark = pytest.mark.integration
 
@@ -196,14 +192,11 @@ def test_a_name_resolving_to_this_host_is_refused(sockd, counter, tmp_path):
     namespace) is refused once resolved."""
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n0.0.0.0 nowhere.test\n")
-    rules = loopback_only("permit 127.0.0.0/8 0.0.0.0/8")
-    server = PrivateEtcSockd(tmp_path, rules, ONE_WORKER, {"/etc/hosts": hosts})
-    try:
-        assert socks5_request(server.port, 3, b"nowhere.test", counter.port)[:2] == b"\x05\x02"
-        line = server.wait_log(r"refused -- ")[0]
-        assert "addr=0.0.0.0" in line and line.endswith("destination means this host")
-    finally:
-        server.stop()
+    server = sockd(rules=loopback_only("permit 127.0.0.0/8 0.0.0.0/8"), args=ONE_WORKER,
+                   wrap=private_etc({"/etc/hosts": hosts}))
+    assert socks5_request(server.port, 3, b"nowhere.test", counter.port)[:2] == b"\x05\x02"
+    line = server.wait_log(r"refused -- ")[0]
+    assert "addr=0.0.0.0" in line and line.endswith("destination means this host")
     assert counter.hits == 0
 
 
@@ -236,60 +229,17 @@ def test_connect_to_a_wildcard_listener_through_loopback_is_refused(sockd, liste
 # -- 1b. a nameserver that never answers ---------------------------------------------------------
 
 
-class PrivateEtcSockd:
-    """A sockd in a private mount namespace where some files of /etc are the test's own."""
-
-    def __init__(self, tmp, rules: str, args: list[str], files: dict) -> None:
-        self.port = free_port()
-        self.log_path = tmp / f"sockd-{self.port}.log"
-        conf = tmp / f"sockd-{self.port}.conf"
-        conf.write_text(rules)
-        mounts = " && ".join(f"mount --bind {src} {dst}" for dst, src in files.items())
-        argv = [sys.executable, "-m", "sockd", "-f", "--log", str(self.log_path), "-l",
-                f"127.0.0.1:{self.port}", "-c", str(conf), *args]
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             f'{mounts} && exec "$0" "$@"', *argv],
-            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=open(tmp / f"sockd-{self.port}.stderr", "wb"))
-        wait_until(lambda: self.proc.poll() is None and "started --" in self.log(), 15,
-                   "sockd in its mount namespace")
-        wait_until(lambda: self._answers(), 15, "sockd to accept")
-
-    def _answers(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
-            return True
-        return False
-
-    def log(self) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def lines(self, pattern: str) -> list[str]:
-        import re
-        return [line for line in self.log().splitlines() if re.search(pattern, line)]
-
-    def wait_log(self, pattern: str, timeout: float = 10.0) -> list[str]:
-        return wait_until(lambda: self.lines(pattern), timeout, f"log line /{pattern}/")
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        assert "Traceback" not in self.log()
-
-
-def test_a_silent_nameserver_holds_a_worker_no_longer_than_the_connect_timeout(tmp_path):
+def test_a_silent_nameserver_holds_a_worker_no_longer_than_the_connect_timeout(sockd, tmp_path):
     """A DNS stub on loopback that reads every query and never answers."""
     stub = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stub.bind(("127.0.0.1", 53))
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
     echo = serve(_EchoHandler)
-    server = PrivateEtcSockd(tmp_path, loopback_only("permit 127.0.0.0/8 127.0.0.0/8"),
-                             ["--min-spare", "1", "--max-spare", "1", "--max-workers", "1",
-                              "--connect-timeout", "2"], {"/etc/resolv.conf": resolv})
+    server = sockd(rules=loopback_only("permit 127.0.0.0/8 127.0.0.0/8"),
+                   args=["--min-spare", "1", "--max-spare", "1", "--max-workers", "1",
+                         "--connect-timeout", "2"],
+                   wrap=private_etc({"/etc/resolv.conf": resolv}))
     try:
         started = time.monotonic()
         assert socks5_request(server.port, 3, b"silent.example", 80,
@@ -310,7 +260,6 @@ def test_a_silent_nameserver_holds_a_worker_no_longer_than_the_connect_timeout(t
             s.sendall(b"ping")
             assert s.recv(4) == b"ping"
     finally:
-        server.stop()
         stub.close()
         echo.shutdown()
         echo.server_close()

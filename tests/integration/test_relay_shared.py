@@ -1,15 +1,23 @@
 """--relay shared: what only the relay processes have (the rest runs in both modes through
 relay_modes.sockd): their titles, a relay process killed and replaced, USR1, the idle
-timeout, INT and TERM cutting tunnels with their end lines, --max-per-source."""
+timeout, INT and TERM cutting tunnels with their end lines, --max-per-source, the tunnels in
+sockd --status; what is never handed off (an audited FTP control connection, a UDP
+association); the real client behind a balancer."""
 
+import json
 import os
 import re
 import signal
 import socket
 
 import pytest
+import socks
+from test_proxy_protocol import TRUSTED, header, socks5_connect
+from test_status import status
+from test_udp import UDP_RULES, UdpEcho
 
 from conftest import wait_until
+from sockd import scoreboard
 from test_signals import echo_round_trip, open_session
 
 pytestmark = pytest.mark.integration
@@ -137,3 +145,81 @@ def _refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def test_status_lists_the_tunnels_of_the_relay_processes(sockd, echo_server, tmp_path):
+    pidfile = tmp_path / "sockd.pid"
+    server = sockd(args=[*SHARED, "--pidfile", str(pidfile)])
+    wait_until(pidfile.exists, 10, "the pid file")
+    with open_session(server.port, echo_server) as s:
+        echo_round_trip(s, b"12345")
+        counts = carried(server, 1)
+
+        def counted():
+            done = status(pidfile, "--json")
+            assert done.returncode == 0, done.stderr
+            data = json.loads(done.stdout)
+            return data["tunnels"] and data["tunnels"][0]["bytes_from_client"] == 5 and data
+        data = wait_until(counted, 10, "the tunnel and its byte counts in the status")
+        assert data["relay_processes"] == 2 and data["busy"] == 0
+        [tunnel] = data["tunnels"]
+        assert tunnel["pid"] in counts and counts[tunnel["pid"]] == 1
+        assert tunnel["state"] == "relaying" and tunnel["client"] == "127.0.0.1"
+        assert tunnel["command"] == "connect"
+        assert tunnel["destination"].startswith(f"127.0.0.1:{echo_server} (")
+        assert tunnel["bytes_from_destination"] == 5
+        lines = status(pidfile).stdout.splitlines()
+        assert lines[2] == "2 relay processes: 1 tunnels"
+        row = lines[5].split()
+        assert row[0] == str(tunnel["pid"]) and row[1] == "relaying" and row[-2:] == ["5", "5"]
+    carried(server, 0)
+    assert json.loads(status(pidfile, "--json").stdout)["tunnels"] == []
+    server.signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+    assert not os.path.exists(scoreboard.path_for(server.pid))
+
+
+def test_an_audited_ftp_control_connection_stays_in_its_worker(sockd, echo_server):
+    server = sockd(args=[*SHARED, "--ftp-audit", str(echo_server)])
+    with open_session(server.port, echo_server) as s:
+        echo_round_trip(s, b"RETR secret.txt\r\n")
+        server.wait_log(r"ftp -- .*RETR secret\.txt")       # the worker's observer saw it
+        assert sum(relays(server).values()) == 0
+        assert any(t.startswith("sockd: 127.0.0.1") and f" connect 127.0.0.1:{echo_server} " in t
+                   for t in server.titles().values())     # its worker relays it
+    server.wait_log(r"terminated -- Connect .*\(eof\)")
+
+
+def test_a_udp_association_stays_in_its_worker(sockd):
+    server = sockd(rules=UDP_RULES, args=SHARED)
+    echo = UdpEcho()
+    try:
+        s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.set_proxy(socks.SOCKS5, "127.0.0.1", server.port)
+        s.settimeout(5)
+        s.sendto(b"datagram", ("127.0.0.1", echo.port))
+        assert s.recvfrom(100)[0] == b"datagram"
+        assert sum(relays(server).values()) == 0
+        assert any(" udp relay 127.0.0.1:" in t for t in server.titles().values())
+        s.close()
+    finally:
+        echo.close()
+    server.wait_log(r"terminated -- Udp from ")
+
+
+def test_a_tunnel_behind_a_balancer_carries_the_real_client(sockd, echo_server):
+    server = sockd(args=[*SHARED, *TRUSTED, "--max-per-source", "1"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(header("127.0.0.10", 40312) + socks5_connect(echo_server))
+        assert sock.recv(12)[:4] == b"\x05\x00\x05\x00"
+        echo_round_trip(sock)
+        carried(server, 1)
+        # the tunnel's slot counts 127.0.0.10 (not the balancer) for --max-per-source
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as again:
+            again.sendall(header("127.0.0.10", 40313) + socks5_connect(echo_server))
+            try:
+                assert again.recv(12) == b""
+            except ConnectionResetError:
+                pass
+        server.wait_log(r"refused -- client 127\.0\.0\.10:40313 at accept: 1 sessions already")
+    server.wait_log(r"terminated -- .*@127\.0\.0\.10:40312 .*4 bytes from 127\.0\.0\.10, ")

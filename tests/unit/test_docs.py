@@ -9,6 +9,7 @@ systemd units, the inetd line and the rc scripts must start the program where
 
 import argparse
 import ast
+import ipaddress
 import os
 import re
 import shlex
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from sockd import cli, master
+from sockd import cli, master, rules
 from sockd.log import escape
+from sockd.rules import SourceVerdict
 from sockd.settings import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,14 +159,32 @@ def title_formats() -> list[tuple[str, str]]:
 
 
 def installed_sockd() -> str:
-    """Where `make install.server` puts sockd: a link in $(BINDIR), $(PREFIX)/bin."""
+    """Where `make install.server` puts sockd by default: a link in $(SBINDIR), which is
+    $(BINDIR), $(PREFIX)/bin."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     prefix = re.search(r"^PREFIX\s*\?=\s*(\S+)", makefile, re.M).group(1)
     assert re.search(r"^BINDIR\s*\?=\s*\$\(PREFIX\)/bin$", makefile, re.M), \
         "BINDIR is no longer $(PREFIX)/bin"
+    assert re.search(r"^SBINDIR\s*\?=\s*\$\(BINDIR\)(#|$)", makefile, re.M), \
+        "SBINDIR is no longer $(BINDIR)"
     recipe = makefile.split("\ninstall.server:", 1)[1].split("\n\n", 1)[0]
-    assert "$(DESTDIR)$(BINDIR)/sockd" in recipe, "install.server no longer links $(BINDIR)/sockd"
+    assert "$(DESTDIR)$(SBINDIR)/sockd" in recipe, "install.server no longer links $(SBINDIR)/sockd"
     return f"{prefix}/bin/sockd"
+
+
+@pytest.fixture(scope="module")
+def init_files(tmp_path_factory) -> Path:
+    """The start-up files as `make install.server` generates them for the default PREFIX
+    (`make initfiles`), with the files that are installed as they are."""
+    out = tmp_path_factory.mktemp("init")
+    make = shutil.which("make")
+    assert make, "make is needed to generate the start-up files"
+    done = subprocess.run([make, "-s", "-C", str(ROOT), "initfiles", f"INITOUT={out}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for name in ("sockd.socket", "services", "sockd.conf"):
+        shutil.copy(INIT / name, out / name)
+    return out
 
 
 # -- sockd(8) and the command line ----------------------------------------------------
@@ -262,17 +282,17 @@ def test_sockd_8_is_among_the_pages():
 # -- start-up files -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["rc.local", "sockd.rc"])
-def test_shell_scripts_parse(script):
+@pytest.mark.parametrize("script", ["rc.local", "sockd.rc", "default"])
+def test_shell_scripts_parse(script, init_files):
     sh = shutil.which("sh")
     assert sh, "sh is needed to check the scripts"
-    done = subprocess.run([sh, "-n", str(INIT / script)], capture_output=True, text=True)
+    done = subprocess.run([sh, "-n", str(init_files / script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("script", ["rc.local", "sockd.rc"])
-def test_shell_scripts_start_the_installed_program_by_pid_only(script):
-    text = (INIT / script).read_text(encoding="ascii")
+def test_shell_scripts_start_the_installed_program_by_pid_only(script, init_files):
+    text = (init_files / script).read_text(encoding="ascii")
     code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     assert f"SOCKD={installed_sockd()}" in code
     assert "pkill" not in code and "killall" not in code
@@ -280,13 +300,14 @@ def test_shell_scripts_start_the_installed_program_by_pid_only(script):
         for verb in ("start", "stop", "reload", "restart", "status"):
             assert re.search(rf"^{verb}\b.*\)$", code, re.M), verb
         assert 'kill -TERM "$pid"' in code and 'kill -HUP "$pid"' in code
+        assert ". /etc/default/sockd" in code and '--user "$SOCKD_USER"' in code
 
 
-def unit(name: str) -> dict[str, dict[str, str]]:
-    """A systemd unit file as {section: {key: value}} (the last value of a key)."""
-    sections: dict[str, dict[str, str]] = {}
+def unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit file as {section: {key: [values, in order]}}."""
+    sections: dict[str, dict[str, list[str]]] = {}
     current = None
-    for line in (INIT / name).read_text(encoding="ascii").splitlines():
+    for line in path.read_text(encoding="ascii").splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -294,35 +315,72 @@ def unit(name: str) -> dict[str, dict[str, str]]:
             current = sections.setdefault(line.strip("[]"), {})
         else:
             key, _, value = line.partition("=")
-            current[key.strip()] = value.strip()
+            current.setdefault(key.strip(), []).append(value.strip())
     return sections
 
 
-def test_service_unit():
-    service = unit("sockd.service")["Service"]
-    argv = shlex.split(service["ExecStart"])
+def test_service_unit(init_files):
+    service = {key: values[-1] for key, values in
+               unit(init_files / "sockd.service")["Service"].items()}
+    environment = dict(word.split("=", 1) for word in shlex.split(service["Environment"]))
+    assert environment["SOCKD_USER"] == "nobody"
+    assert service["EnvironmentFile"] == "-/etc/default/sockd"
+    command = service["ExecStart"]
+    for name, value in environment.items():
+        command = command.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    argv = shlex.split(command)
     assert argv[0] == installed_sockd()
     settings, args = cli.parse_settings(argv[1:])
-    assert settings.foreground and settings.user and settings.log == "syslog"
+    assert settings.foreground and settings.user == "nobody" and settings.log == "syslog"
     assert settings.pidfile
-    assert service["Type"] == "simple"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    reload = unit(init_files / "sockd.service")["Service"]["ExecReload"]
+    assert reload == [f"{installed_sockd()} -t $SOCKD_OPTS", "/bin/kill -HUP $MAINPID"]
     assert service["KillMode"] == "mixed"
+    assert service["RuntimeDirectory"] == "sockd"
     assert float(service["TimeoutStopSec"]) > settings.grace + 1
-    assert "WantedBy" in unit("sockd.service")["Install"]
+    for hardening in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp",
+                      "CapabilityBoundingSet", "SystemCallFilter", "RestrictAddressFamilies"):
+        assert hardening in service, hardening
+    assert "WantedBy" in unit(init_files / "sockd.service")["Install"]
 
 
-def test_socket_unit():
-    sections = unit("sockd.socket")
-    assert sections["Socket"]["ListenStream"] == "1080"
-    assert sections["Socket"].get("Accept", "no") == "no"
-    assert sections["Install"]["WantedBy"] == "sockets.target"
+def test_default_file_sets_what_the_unit_and_the_script_read(init_files):
+    assigned = dict(line.split("=", 1) for line in
+                    (init_files / "default").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    assert set(assigned) == {"SOCKD_USER", "GRACE", "SOCKD_OPTS"}
+    assert assigned["SOCKD_USER"] == "nobody"
 
 
-def test_inetd_and_services_lines():
-    entries = [line.split() for line in (INIT / "inetd.conf").read_text().splitlines()
+def test_socket_unit(init_files):
+    sections = unit(init_files / "sockd.socket")
+    assert sections["Socket"]["ListenStream"] == ["1080"]
+    assert sections["Socket"].get("Accept", ["no"]) == ["no"]
+    assert sections["Install"]["WantedBy"] == ["sockets.target"]
+
+
+def test_inetd_and_services_lines(init_files):
+    entries = [line.split() for line in (init_files / "inetd.conf").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     assert entries == [["socks", "stream", "tcp", "nowait", "nobody", installed_sockd(), "sockd"]]
     services = [line.split("#", 1)[0].split()
-                for line in (INIT / "services").read_text().splitlines()]
+                for line in (init_files / "services").read_text().splitlines()]
     assert ["socks", "1080/tcp"] in services
+
+
+def test_the_sample_configuration_is_as_safe_as_the_default(init_files, tmp_path):
+    """The sample (the package's /etc/sockd.conf) checks clean, lets only loopback clients
+    in, and its examples check clean once uncommented."""
+    sample = init_files / "sockd.conf"
+    ruleset = rules.load(str(sample))
+    for client in ("127.0.0.1", "::1"):
+        assert ruleset.source_verdict(ipaddress.ip_address(client)) is not SourceVerdict.NEVER
+    for client in ("192.168.1.5", "10.0.0.1", "2001:db8::1", "8.8.8.8"):
+        assert ruleset.source_verdict(ipaddress.ip_address(client)) is SourceVerdict.NEVER
+    uncommented = tmp_path / "examples.conf"
+    text = re.sub(r"^#(?=(deny|allow|permit) |#NO_IDENTD:|#BAD_ID:)", "",
+                  sample.read_text(), flags=re.M)
+    assert text.count("192.168.0.0") >= 4 and "?=I" in text
+    uncommented.write_text(text)
+    assert rules.check(str(uncommented)) == []

@@ -177,3 +177,20 @@ def test_never_and_hook_agree_with_evaluate(lines, client, asked):
         if verdict_ is NEVER:
             assert decision.rule is None or decision.rule.shell_command is None, \
                 (lines, client, query)
+
+
+def test_may_allow_a_command_to_some_destination():
+    ruleset = rules.parse_text(
+        "deny cmd=udp 10.0.0.0/8 192.0.2.1/32\n"        # one destination: not a stop
+        "permit cmd=udp *=alice 10.0.0.0/8 192.0.2.0/24\n"
+        "deny cmd=udp 10.0.0.0/8\n"                     # every destination and port: a stop
+        "permit auth=password 10.0.0.0/8\n"
+        "permit 10.0.0.0/8 eq 53\n", "t")
+    src = "10.1.2.3"
+    assert ruleset.may_allow("udp", src, "alice", False)
+    assert not ruleset.may_allow("udp", src, "bob", False)
+    assert not ruleset.may_allow("udp", src, "bob", True)      # the stop comes first
+    assert ruleset.may_allow("connect", src, "bob", True)
+    assert ruleset.may_allow("connect", src, "bob", False)     # eq 53 is some port
+    assert not ruleset.may_allow("udp", "192.0.2.9", "alice", False)
+    assert ruleset.may_allow("udp", "::ffff:10.0.0.1", "alice", False)
