@@ -105,6 +105,7 @@ class Worker(Status):
         self.waiting = False            # the listeners are in our epoll's wait set
         self.unpermitted = Reports()
         self.over_cap = Reports()
+        self.accept_failures = Reports()
 
     # -- life of the child ----------------------------------------------------
 
@@ -187,7 +188,11 @@ class Worker(Status):
             conn, peer = listener.accept()
         except OSError as exc:
             if exc.errno in _SICK:
-                log.error("error -- accept(): %s", exc.strerror)
+                # Out of descriptors or memory: once an interval, not at every failure.
+                unreported = self.accept_failures.due(time.monotonic())
+                if unreported is not None:
+                    log.error("error -- accept(): %s (%d more since the last report)",
+                              exc.strerror, unreported)
                 time.sleep(0.1)
             elif exc.errno == errno.EINVAL:
                 # The master has shut the listeners down (sockd.listeners.stop): we are
