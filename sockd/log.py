@@ -258,7 +258,10 @@ def reopen() -> None:
                       exc.strerror or exc)
             continue
         handler.acquire()
-        swap = getattr(handler, "swap", None)
+        # Only the writer's own process has a writer to wait for: a process forked while
+        # the writer held the lock has a copy of it that nobody will ever release.
+        swap = getattr(handler, "swap", None) \
+            if getattr(handler, "owner", 0) == os.getpid() else None
         if swap is not None:
             swap.acquire()
         try:
