@@ -38,11 +38,19 @@ Metrics (doc/benchmarks.md says more):
                     /proc/PID/stat before and after the load.
   worker memory     PSS and private memory (/proc/PID/smaps_rollup) of idle
                     sockd workers: the median over the pool.
+  idle tunnels      memory per idle tunnel: the PSS of the whole server (every
+                    process) with 1,000 (and 10,000) tunnels open and idle, less
+                    its PSS before they were opened, divided by the tunnels; each
+                    tunnel is then checked (one byte through, a half-close, the
+                    discard server's count back).
   HAProxy           the handshakes again, through HAProxy (mode tcp,
                     send-proxy-v2, round robin) to two sockd that trust it
                     (--proxy-protocol), each with half of the one sockd's pool:
                     one line under the table, with the ratio to one sockd
                     reached directly, so that the balancer hop has a price.
+
+Targets: direct, sockd (--relay worker, the default), shared (sockd --relay
+shared), dante and haproxy.
 
 Each handshake test runs --repeat times (default 2), each throughput test
 --stream-repeat times (default 3), and the best run counts: on a shared
@@ -50,8 +58,8 @@ machine, anything else running only ever makes a run slower.
 
 Usage: scripts/bench.py [--markdown] [--duration S] [--warmup S] [--clients N]
                         [--bytes N] [--repeat N] [--stream-repeat N]
-                        [--targets direct,sockd,dante,haproxy]
-                        [--tests handshakes,throughput,ftp] [--keep]
+                        [--targets direct,sockd,shared,dante,haproxy]
+                        [--tests handshakes,throughput,ftp] [--tunnels N,N] [--keep]
 """
 
 import argparse
@@ -61,6 +69,7 @@ import datetime
 import hashlib
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -86,6 +95,9 @@ GiB = 1 << 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SOCKD_POOL = ("--min-spare", "60", "--max-spare", "80", "--max-workers", "100")
+SOCKD_SHARED = ("--relay", "shared")
+# The worker mode needs a worker per tunnel: a pool that may grow past the tunnels held.
+SOCKD_HOLD_POOL = ("--min-spare", "5", "--max-spare", "10", "--max-workers", "{workers}")
 SOCKD_IDLE_WANTED = 60
 # Behind HAProxy: two sockd sharing the one sockd's pool between them.
 BACKEND_POOL = ("--min-spare", "30", "--max-spare", "40", "--max-workers", "50")
@@ -991,19 +1003,21 @@ def idle_workers(root: int) -> list[int]:
     return [pid for pid, title in sockd_titles(root).items() if title == "sockd: idle"]
 
 
-def start_sockd(procs: Processes, workdir: Path, servers: Servers) -> tuple[Started, int]:
+def start_sockd(procs: Processes, workdir: Path, servers: Servers, name: str = "sockd",
+                options: tuple[str, ...] = SOCKD_POOL,
+                idle_wanted: int = SOCKD_IDLE_WANTED) -> tuple[Started, int]:
     conf = workdir / "sockd.conf"
     conf.write_text(SOCKD_RULES)
-    log = workdir / "sockd.log"
+    log = workdir / f"{name}.log"
     port = free_port()
-    started = procs.start("sockd", [PYTHON, "-m", "sockd", "-f", "-l", f"{LOOPBACK}:{port}",
-                                    "-c", str(conf), "--log", str(log), *SOCKD_POOL],
-                          logs=(workdir / "sockd.stderr", log), cwd=str(ROOT))
+    started = procs.start(name, [PYTHON, "-m", "sockd", "-f", "-l", f"{LOOPBACK}:{port}",
+                                 "-c", str(conf), "--log", str(log), *options],
+                          logs=(workdir / f"{name}.stderr", log), cwd=str(ROOT))
     wait_until("\"started\" in its log", lambda: log.exists() and "started --" in log.read_text(),
                started, 30)
     wait_until("working CONNECT", lambda: socks5_connect_ok(port, servers.echo), started, 30)
-    wait_until(f"{SOCKD_IDLE_WANTED} idle workers",
-               lambda: len(idle_workers(started.pid)) >= SOCKD_IDLE_WANTED, started, 30)
+    wait_until(f"{idle_wanted} idle workers",
+               lambda: len(idle_workers(started.pid)) >= idle_wanted, started, 30)
     return started, port
 
 
@@ -1067,6 +1081,7 @@ class Options:
     repeat: int
     stream_repeat: int
     tests: frozenset[str] = frozenset(TESTS)
+    tunnels: list[int] = field(default_factory=list)
     ftp_port_server: "Servers | None" = None
 
 
@@ -1172,6 +1187,80 @@ def smaps(pid: int) -> tuple[int, int] | None:
     return values["Pss"], values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)
 
 
+def tree_pss(root: int) -> int:
+    """The PSS of every process of the server under *root*, in KiB."""
+    return sum(m[0] for m in (smaps(pid) for pid in tree(root)) if m)
+
+
+def open_tunnel(proxy_port: int, dest_port: int, n: int) -> socket.socket:
+    """A SOCKS5 CONNECT to *dest_port* through the proxy, from 127.2.x.y (the *n*-th
+    source: spread, so that no per-source cap of either proxy is reached)."""
+    s = socket.socket()
+    try:
+        s.settimeout(15)
+        s.bind((f"127.2.{n // 250 % 250}.{n % 250 + 2}", 0))
+        s.connect((LOOPBACK, proxy_port))
+        s.sendall(b"\x05\x01\x00")
+        if _recv_exact(s, 2) != b"\x05\x00":
+            raise OSError("no method choice")
+        s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(LOOPBACK) + struct.pack("!H", dest_port))
+        if _recv_exact(s, 10)[:2] != b"\x05\x00":
+            raise OSError("CONNECT refused")
+        return s
+    except OSError:
+        s.close()
+        raise
+
+
+def check_tunnels(tunnels: list[socket.socket]) -> int:
+    """One byte through each tunnel, a half-close, the discard server's count back (1);
+    the tunnels that failed.  Closes them all."""
+    errors = 0
+    for s in tunnels:
+        try:
+            s.sendall(b"x")
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            errors += 1
+    for s in tunnels:
+        try:
+            if _recv_exact(s, 8) != struct.pack("!Q", 1):
+                errors += 1
+        except OSError:
+            errors += 1
+        s.close()
+    return errors
+
+
+def hold_tunnels(proxy: Started, port: int, servers: Servers, counts: list[int],
+                 result: Result) -> None:
+    """Open idle tunnels up to each of *counts* in turn; the memory per tunnel at each
+    (mem_N, KiB), then check every tunnel (errors counted in *result*)."""
+    base = tree_pss(proxy.pid)
+    tunnels: list[socket.socket] = []
+    deadline = time.monotonic() + 240
+    errors = 0
+    try:
+        for count in counts:
+            while len(tunnels) + errors < count and time.monotonic() < deadline:
+                try:
+                    tunnels.append(open_tunnel(port, servers.discard, len(tunnels) + errors))
+                except OSError:
+                    errors += 1
+            errors += max(0, count - len(tunnels) - errors)
+            time.sleep(1.0)     # the relays' and workers' titles and slots settle
+            held = tree_pss(proxy.pid)
+            result.values[f"mem_{count}"] = (held - base) / max(len(tunnels), 1)
+            say(f"  {len(tunnels)} idle tunnels: {result.values[f'mem_{count}']:.1f} KiB "
+                f"each ({(held - base) / 1024:.0f} MiB over {base / 1024:.0f} MiB), "
+                f"{errors} failed to open")
+    finally:
+        checked = check_tunnels(tunnels)
+        if checked:
+            say(f"  {checked} tunnels failed the check")
+        result.errors += errors + checked
+
+
 def worker_memory(root: int) -> tuple[float, float, int]:
     """Median PSS and private KiB over the idle workers, and how many were measured."""
     samples = [m for m in (smaps(pid) for pid in idle_workers(root)) if m]
@@ -1200,21 +1289,29 @@ ROWS = [
     ("down_cpu", "proxy CPU per GiB server->client (s)", "{:.3f}"),
     ("up_ftp", "throughput client->server to port 21, FTP audit (MB/s)", "{:.0f}"),
     ("up_ftp_cpu", "proxy CPU per GiB client->server to port 21 (s)", "{:.3f}"),
+    ("mem_{tunnels}", "memory per idle tunnel, {tunnels:,} open (KiB)", "{:.0f}"),
     ("mem_pss_fresh", "sockd idle worker PSS, fresh (KiB)", "{:.0f}"),
     ("mem_priv_fresh", "sockd idle worker private, fresh (KiB)", "{:.0f}"),
     ("mem_pss", "sockd idle worker PSS, after the load (KiB)", "{:.0f}"),
     ("mem_priv", "sockd idle worker private, after the load (KiB)", "{:.0f}"),
     ("errors", "client errors", "{:.0f}"),
 ]
-COLUMNS = ("direct", "sockd", "dante")
+COLUMNS = ("direct", "sockd", "shared", "dante")
 TARGETS = (*COLUMNS, "haproxy")
-HEADERS = ("metric", "direct", "sockd", "Dante", "sockd/Dante", "sockd/direct")
+HEADERS = ("metric", "direct", "sockd", "shared", "Dante", "sockd/Dante", "shared/Dante",
+           "sockd/direct", "shared/direct")
+RATIOS = (("sockd", "dante"), ("shared", "dante"), ("sockd", "direct"), ("shared", "direct"))
 
 
 def table_rows(results: dict[str, Result], opts: Options) -> list[list[str]]:
     rows = []
+    rows_wanted = []
     for key, label, fmt in ROWS:
-        cells = [label.format(clients=opts.clients)]
+        counts = opts.tunnels if "{tunnels}" in key else [0]
+        rows_wanted += [(key.format(tunnels=n), label.format(clients=opts.clients, tunnels=n),
+                         fmt) for n in counts]
+    for key, label, fmt in rows_wanted:
+        cells = [label]
         values = {}
         for column in COLUMNS:
             result = results.get(column)
@@ -1224,7 +1321,7 @@ def table_rows(results: dict[str, Result], opts: Options) -> list[list[str]]:
             cells.append("—" if value is None else fmt.format(value))
         if all(values[c] is None for c in COLUMNS):
             continue
-        for a, b in (("sockd", "dante"), ("sockd", "direct")):
+        for a, b in RATIOS:
             x, y = values[a], values[b]
             cells.append(f"{x / y:.2f}" if x is not None and y and key != "errors" else "—")
         rows.append(cells)
@@ -1342,6 +1439,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tests", default=",".join(TESTS),
                    help=f"comma-separated subset of {','.join(TESTS)} (ftp: the "
                         f"client->server stream to port {FTP_PORT}, audited by sockd)")
+    p.add_argument("--tunnels", default="1000,10000",
+                   help="idle tunnels held for the memory figure (default 1000,10000; "
+                        "sockd --relay worker holds only the first, a worker each)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -1350,6 +1450,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.tests = frozenset(t.strip() for t in args.tests.split(",") if t.strip())
     if not args.tests <= set(TESTS):
         p.error(f"--tests: choose from {', '.join(TESTS)}")
+    args.tunnels = [int(t) for t in args.tunnels.split(",") if t.strip()]
+    if not all(0 < t <= 10000 for t in args.tunnels) or args.tunnels != sorted(args.tunnels):
+        p.error("--tunnels: increasing counts from 1 to 10000")
     if not (0 < args.duration <= 60 and 0 <= args.warmup <= 10 and 1 <= args.clients <= 1000
             and 1 <= args.bytes <= 16 * GiB and 1 <= args.repeat <= 5
             and 1 <= args.stream_repeat <= 5 and 1 <= args.server_procs <= 8):
@@ -1370,7 +1473,9 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupted)
     opts = Options(args.warmup, args.duration, args.clients, args.bytes, args.repeat,
-                   args.stream_repeat, args.tests)
+                   args.stream_repeat, tests=args.tests, tunnels=args.tunnels)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)    # the tunnels' sockets
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     others = sorted(name for _, name in socket.if_nameindex() if name != "lo")
     if others:
         say(f"note: not in a private network namespace (also here: {', '.join(others)}); "
@@ -1396,22 +1501,33 @@ def main(argv: list[str] | None = None) -> int:
             if target == "direct":
                 say("direct")
                 results["direct"] = measure(tool, servers, None, 0, opts)
-            elif target == "sockd":
-                say("sockd: starting (pool " + " ".join(SOCKD_POOL) + ")")
-                sockd, port = start_sockd(procs, workdir, servers)
+            elif target in ("sockd", "shared"):
+                options = SOCKD_POOL + (SOCKD_SHARED if target == "shared" else ())
+                say(f"{target}: starting sockd " + " ".join(options))
+                sockd, port = start_sockd(procs, workdir, servers, target, options)
                 pss, private, _ = worker_memory(sockd.pid)
-                results["sockd"] = measure(tool, servers, sockd, port, opts)
+                results[target] = measure(tool, servers, sockd, port, opts)
                 # The memory of a worker that has served: wait for the pool to be at rest.
                 wait_until("idle pool after the load",
                            lambda root=sockd.pid: len(idle_workers(root)) >= SOCKD_IDLE_WANTED,
                            sockd, 30)
                 pss_after, private_after, count = worker_memory(sockd.pid)
-                results["sockd"].values.update(mem_pss_fresh=pss, mem_priv_fresh=private,
+                results[target].values.update(mem_pss_fresh=pss, mem_priv_fresh=private,
                                                mem_pss=pss_after, mem_priv=private_after)
                 say(f"  idle worker: PSS {pss:.0f} KiB, private {private:.0f} KiB fresh; "
                     f"PSS {pss_after:.0f} KiB, private {private_after:.0f} KiB after the load "
                     f"(median of {count})")
+                if target == "shared":
+                    hold_tunnels(sockd, port, servers, args.tunnels, results[target])
                 procs.stop(sockd)
+                if target == "sockd" and args.tunnels:
+                    # A worker per tunnel: a pool allowed to grow past them, started afresh.
+                    options = tuple(o.format(workers=args.tunnels[0] + 100)
+                                    for o in SOCKD_HOLD_POOL)
+                    say("sockd: starting " + " ".join(options) + " to hold tunnels")
+                    sockd, port = start_sockd(procs, workdir, servers, "sockd-hold", options, 5)
+                    hold_tunnels(sockd, port, servers, args.tunnels[:1], results[target])
+                    procs.stop(sockd)
             elif target == "haproxy":
                 if "handshakes" not in opts.tests:
                     continue
@@ -1427,6 +1543,7 @@ def main(argv: list[str] | None = None) -> int:
                 say("Dante: starting")
                 dante, port = start_dante(procs, workdir, servers)
                 results["dante"] = measure(tool, servers, dante, port, opts)
+                hold_tunnels(dante, port, servers, args.tunnels, results["dante"])
                 procs.stop(dante)
     except BenchError as exc:
         say(f"error: {exc}")

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                           ("ident", 15)):
         p.add_argument(f"--{name}-timeout", type=_positive_float, default=default, metavar="S")
     p.add_argument("--grace", type=_non_negative_float, default=30, metavar="S")
+    p.add_argument("--relay", choices=("worker", "shared"), default="worker",
+                   help="who relays an established session: its worker, or relay processes")
+    p.add_argument("--relay-processes", type=_positive_int, metavar="N",
+                   help="relay processes with --relay shared (default: one per CPU)")
     p.add_argument("--ftp-audit", type=_ports, default="21", metavar="PORTS",
                    help="log the files FTP clients work on, for CONNECTs to these ports "
                         "(comma-separated numbers or service names; empty: none)")
@@ -176,6 +180,7 @@ def parse_settings(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         negotiate_timeout=args.negotiate_timeout, connect_timeout=args.connect_timeout,
         bind_timeout=args.bind_timeout, idle_timeout=args.idle_timeout,
         ident_timeout=args.ident_timeout, grace=args.grace, debug=args.debug,
+        relay=args.relay, relay_processes=args.relay_processes,
         ftp_audit=args.ftp_audit,
         proxy_protocol=tuple(net for nets in args.proxy_protocol for net in nets))
     return settings, args

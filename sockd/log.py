@@ -14,6 +14,7 @@ import logging.handlers
 import os
 import socket
 import sys
+import threading
 import time
 
 log = logging.getLogger("sockd")
@@ -126,11 +127,68 @@ def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
 
 
 class _FileHandler(logging.FileHandler):
-    """The --log FILE handler: appends, never through a symbolic link (`open_no_follow`)."""
+    """The --log FILE handler: appends, never through a symbolic link (`open_no_follow`).
+
+    Each line is one write(2) of the whole line.  Once the master has started its
+    writer (`start_writer`), no process writes the file but the writer, a thread of the
+    master: each line goes to it as one datagram, so lines are written in the order they
+    are sent.  A write to a file shared by a hundred processes queues them on the file's
+    locks (the file position's, the inode's), and a process preempted while it holds one
+    holds up all the others: the 300 ms tail of doc/benchmarks.md.  A datagram to a UNIX
+    socket takes no lock that sleeps.
+    """
+
+    feed: socket.socket | None = None   # where every process sends its lines
+    owner = 0                           # the pid of the process whose thread writes
+    _writer: threading.Thread | None = None
 
     def _open(self):
         fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode("ascii", "backslashreplace")
+            if self.feed is not None:
+                try:
+                    self.feed.send(line)
+                    return
+                except OSError:
+                    pass    # the writer is gone (the master died): write it ourselves
+            os.write(self.stream.fileno(), line)
+        except Exception:   # noqa: BLE001 - logging's own contract: never raise
+            self.handleError(record)
+
+    def start_writer(self) -> None:
+        """In the master: from now on, forked processes send their lines to a thread here."""
+        self.feed, inbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.owner = os.getpid()
+        for sock, option in ((self.feed, socket.SO_SNDBUF), (inbox, socket.SO_RCVBUF)):
+            sock.setsockopt(socket.SOL_SOCKET, option, 1 << 22)
+        self._inbox = inbox
+        self.swap = threading.Lock()    # held while writing; reopen() holds it to swap
+        self._writer = threading.Thread(target=self._write_lines, name="log writer",
+                                        daemon=True)
+        self._writer.start()
+
+    def _write_lines(self) -> None:
+        while data := self._inbox.recv(1 << 16):    # an empty datagram: close() is waiting
+            with self.swap:
+                try:
+                    os.write(self.stream.fileno(), data)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """In the master: let the writer write every line sent before, then close."""
+        if self._writer is not None and os.getpid() == self.owner:
+            try:
+                self.feed.send(b"")
+                self._writer.join(5.0)
+            except OSError:
+                pass
+            self.feed = self._writer = None
+        super().close()
 
 
 def _require_socket(handler: logging.handlers.SysLogHandler, address: str) -> None:
@@ -200,11 +258,27 @@ def reopen() -> None:
                       exc.strerror or exc)
             continue
         handler.acquire()
+        # Only the writer's own process has a writer to wait for: a process forked while
+        # the writer held the lock has a copy of it that nobody will ever release.
+        swap = getattr(handler, "swap", None) \
+            if getattr(handler, "owner", 0) == os.getpid() else None
+        if swap is not None:
+            swap.acquire()
         try:
             old, handler.stream = handler.stream, stream
             old.close()
         finally:
+            if swap is not None:
+                swap.release()
             handler.release()
+
+
+def start_writer() -> None:
+    """The master, before it forks: lines of every process forked from now on go through
+    one writer (see _FileHandler).  Nothing to do for syslog or standard error."""
+    for handler in log.handlers:
+        if isinstance(handler, _FileHandler):
+            handler.start_writer()
 
 
 def handler_fds() -> list[int]:

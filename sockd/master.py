@@ -25,6 +25,13 @@ loop:
   left, and exits 0.  A second INT kills at once.
 * USR1 logs one status line.
 
+With --relay shared the master also forks the relay processes (sockd.relayproc,
+`Fleet`) before the first workers, and a new one on its tick for each that
+died.  HUP makes them reopen the log; TERM lets them carry their tunnels on
+until the workers are gone, then each leaves with its last tunnel; INT and
+the end of --grace cut their tunnels (SIGINT, each tunnel writes its closing
+line) along with the workers' sessions, within the same CUT_WAIT.
+
 A worker exiting with EXIT_BOOT_ERROR means workers cannot start at all (a
 bad --user, say): the master stops with exit status 3 rather than fork again
 and again.  The scoreboard slots of the workers are written by the master
@@ -39,7 +46,7 @@ import signal
 import socket
 import time
 
-from sockd import listeners, pool, proctitle, route, rules, scoreboard
+from sockd import listeners, pool, proctitle, relayproc, route, rules, scoreboard
 from sockd import log as sockd_log
 from sockd import passwords as passwd_file
 from sockd.failures import LoginFailures
@@ -81,15 +88,17 @@ def census(slots: list[Slot], generation: int) -> tuple[int, int]:
     return spare, len(slots)
 
 
-def make_scoreboard(size: int) -> Scoreboard:
+def make_scoreboard(size: int, lanes: int = 0, per_lane: int = 0) -> Scoreboard:
     """The scoreboard in its file for `sockd --status` (sockd.scoreboard), or, when that
-    cannot be made (not root, say), in memory only, with a warning."""
+    cannot be made (not root, say), in memory only, with a warning.  *lanes* of *per_lane*
+    tunnel slots follow the workers' *size* slots (--relay shared)."""
     try:
-        return Scoreboard.create(size, scoreboard.path_for(os.getpid()), time.time())
+        return Scoreboard.create(size, scoreboard.path_for(os.getpid()), time.time(),
+                                 lanes, per_lane)
     except ScoreboardError as exc:
         log.warning("warning -- no scoreboard file, sockd --status cannot see this server: %s",
                     exc)
-        return Scoreboard(size)
+        return Scoreboard(size, lanes, per_lane)
 
 
 class Master:
@@ -102,7 +111,12 @@ class Master:
         self.listeners = listeners
         self.passwords = passwords
         self.limits = pool.Limits(settings.min_spare, settings.max_spare, settings.max_workers)
-        self.board = make_scoreboard(2 * settings.max_workers)
+        self.fd_limit = relayproc.raise_fd_limit()
+        self.tunnel_room = relayproc.tunnels_per_process(self.fd_limit)
+        self.board = make_scoreboard(2 * settings.max_workers, settings.relay_count,
+                                     self.tunnel_room if settings.relay_count else 0)
+        self.fleet = relayproc.Fleet(settings, self.board, listeners) \
+            if settings.relay_count else None
         self.failures = LoginFailures()
         self.notifier = Notifier()     # before any fork: takes NOTIFY_SOCKET out of environ
         self.workers: dict[int, tuple[int, int]] = {}   # pid -> (slot, generation)
@@ -121,10 +135,14 @@ class Master:
     def run(self) -> int:
         """Run until stopped; returns the exit status."""
         self.init_signals()
+        sockd_log.start_writer()
         self.log_rules_in_force()
+        self.log_capacity()
         self.show_title()  # setproctitle's one-time set-up happens here, not in every worker
         gc.collect()
         gc.freeze()  # what the master built stays shared with the workers, page for page
+        if self.fleet is not None:
+            self.fleet.spawn_missing()      # first: the workers inherit the lanes
         self.spawn_workers(self.settings.min_spare)
         self.notifier.send("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
         try:
@@ -174,6 +192,8 @@ class Master:
 
     def handle_hup(self) -> None:
         sockd_log.reopen()  # first: after log rotation, every line from here on is in the new file
+        if self.fleet is not None:
+            self.fleet.signal(signal.SIGHUP)    # they reopen it too; their tunnels go on
         if self.stop_deadline is not None:
             log.info("reload ignored -- the server is stopping")
             return
@@ -212,6 +232,7 @@ class Master:
             self.halt(EXIT_OK)
             return
         log.info("stopping now -- letting no session finish")
+        log.info("stopping now -- letting no session finish")
         self.notifier.send("STOPPING=1", "STATUS=cutting sessions")
         if self.stop_deadline is None:
             self.close_listeners()
@@ -230,6 +251,8 @@ class Master:
             if s.state not in (State.IDLE, State.STARTING):
                 log.info("status -- worker %d: %s %s@%s %s", s.pid, s.state.name.lower(),
                          s.user or "-", s.client, s.destination or "-")
+        if self.fleet is not None:
+            self.fleet.status_lines()
 
     # -- workers ------------------------------------------------------------------
 
@@ -268,6 +291,8 @@ class Master:
             self.reap_worker(pid, status)
 
     def reap_worker(self, pid: int, status: int) -> None:
+        if self.fleet is not None and self.fleet.reap(pid, status):
+            return  # a relay process: its successor is forked on the tick
         if pid not in self.workers:
             log.debug("reaped pid %d, not a worker", pid)  # a shell hook's child, say
             return
@@ -293,6 +318,8 @@ class Master:
         if plan.warning and not self.warned:
             log.warning("warning -- %s", plan.warning)
         self.warned = bool(plan.warning)
+        if self.fleet is not None:
+            self.fleet.spawn_missing()
         idle = [s for s in slots if s.generation == self.generation and s.state == State.IDLE]
         if plan.retire and idle:
             self.retire_worker(idle[-1].pid)
@@ -318,7 +345,10 @@ class Master:
     # -- stopping -----------------------------------------------------------------
 
     def check_drained(self) -> None:
-        if not self.workers:
+        relays = self.fleet.pids if self.fleet is not None else ()
+        if not self.workers and relays and self.cut_deadline is None:
+            self.fleet.stop()   # no more hand-offs can come: relays leave once empty
+        if not self.workers and not relays:
             if self.cut_deadline is None:
                 log.info("stopped -- every session finished")
             self.exit_code = EXIT_OK
@@ -326,18 +356,24 @@ class Master:
             if time.monotonic() >= self.cut_deadline:
                 self.halt(EXIT_OK)      # workers that were not relaying, or are stuck
         elif time.monotonic() >= self.stop_deadline:
-            log.info("stopped -- grace period over, %d sessions cut", len(self.workers))
+            log.info("stopped -- grace period over, %d sessions cut",
+                     len(self.workers) + len(self.board.tunnels()))
             self.cut_sessions()
 
     def cut_sessions(self) -> None:
         """Ask every worker to end its session now (its relay returns and the session logs
-        its closing line), and give them CUT_WAIT seconds before they are killed."""
+        its closing line), and every relay process to end its tunnels (each logs its
+        closing line), and give them CUT_WAIT seconds before they are killed."""
         self.cut_deadline = time.monotonic() + CUT_WAIT
         self.signal_workers(signal.SIGINT)
+        if self.fleet is not None:
+            self.fleet.cut()
 
     def halt(self, code: int) -> None:
         self.close_listeners()
         self.signal_workers(signal.SIGKILL)
+        if self.fleet is not None:     # cut already (INT, --grace): no more waiting
+            self.fleet.halt(0.0 if self.cut_deadline is not None else CUT_WAIT)
         self.wait_for_workers()
         self.exit_code = code
 
@@ -362,6 +398,14 @@ class Master:
                      "(clients from 127.0.0.0/8 and ::1 only)", self.settings.config)
         else:
             log.info("rules -- %d rules from %s", len(self.rules.rules), self.rules.file)
+
+    def log_capacity(self) -> None:
+        if self.fleet is not None:
+            room, mode = self.tunnel_room * self.settings.relay_count, "shared"
+        else:
+            room, mode = self.settings.max_workers, "worker"
+        log.info("capacity -- %d file descriptors per process, room for %d tunnels "
+                 "(--relay %s)", self.fd_limit, room, mode)
 
     def show_title(self) -> None:
         slots = self.live_slots()

@@ -64,51 +64,106 @@ class _Pipe:
 
     __slots__ = ("read_fd", "room", "write_fd")
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.room = 1 << 16      # the kernel's default size
+        if size > self.room:
+            self.grow(size)
+
+    def grow(self, size: int) -> int:
+        """Make the pipe hold *size* bytes if the system allows; returns the room it has."""
         try:
-            self.room = fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, PIPE_SIZE)
+            self.room = fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, size)
         except OSError:
-            self.room = 1 << 16  # fs.pipe-max-size is lower here; the default size works
+            pass  # fs.pipe-max-size or the user's pipe pages are lower here; the size stays
+        return self.room
 
     def close(self) -> None:
         os.close(self.read_fd)
         os.close(self.write_fd)
 
 
-# Pipes left empty by a finished relay, ready for the next one: a worker relays
-# one session at a time, so two pipes serve it for its whole life.
-_spare_pipes: list[_Pipe] = []
+class PipePool:
+    """The empty pipes of one process, ready for the next direction that has bytes to hold.
+
+    *first_size* is the room a new pipe gets; *spares* how many empty pipes are kept.
+    With *lend*, a direction gives its pipe back as soon as the pipe is empty, so that an
+    idle tunnel holds no pipe (the relay processes); without it, a direction keeps its
+    pipe until the relay ends (a worker relays one session at a time: two pipes serve it
+    for its whole life).  A direction whose pipe fills up asks for a bigger one (grow).
+    """
+
+    def __init__(self, first_size: int, spares: int, lend: bool) -> None:
+        self.first_size = first_size
+        self.spares = spares
+        self.lend = lend
+        self._spare: list[_Pipe] = []
+        self.in_use = 0
+
+    def take(self) -> _Pipe:
+        self.in_use += 1
+        return self._spare.pop() if self._spare else _Pipe(self.first_size)
+
+    def give_back(self, pipe: _Pipe, empty: bool) -> None:
+        self.in_use -= 1
+        if empty and len(self._spare) < self.spares:
+            self._spare.append(pipe)
+        else:
+            pipe.close()  # bytes a reset left behind must not leak into the next session
 
 
-def _take_pipe() -> _Pipe:
-    return _spare_pipes.pop() if _spare_pipes else _Pipe()
-
-
-def _give_back(pipe: _Pipe, empty: bool) -> None:
-    if empty and len(_spare_pipes) < 2:
-        _spare_pipes.append(pipe)
-    else:
-        pipe.close()  # bytes a reset left behind must not leak into the next session
+# The worker's own relay: a pipe of PIPE_SIZE for each direction, kept for the session.
+_worker_pipes = PipePool(PIPE_SIZE, spares=2, lend=False)
 
 
 class _Direction:
-    """One way of the relay: bytes read from *src*, parked in a pipe, written to *dst*."""
+    """One way of the relay: bytes read from *src*, parked in a pipe, written to *dst*.
 
-    __slots__ = ("count", "dst", "eof", "full", "held", "pipe", "pipe_r", "pipe_w", "room",
-                 "shut", "src", "src_sock")
+    The one implementation of a direction's state, driven by relay() in a worker and by
+    the relay processes (sockd.relayproc), many at once, from epoll.  The pipe is taken
+    from *pipes* at the first byte read (see PipePool for when it goes back).
+    """
 
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+    __slots__ = ("count", "dst", "dst_sock", "eof", "full", "held", "pipe", "pipe_r",
+                 "pipe_w", "pipes", "room", "shut", "src", "src_sock")
+
+    def __init__(self, src: socket.socket, dst: socket.socket,
+                 pipes: PipePool = _worker_pipes) -> None:
         self.src, self.dst = src.fileno(), dst.fileno()
-        self.src_sock = src
-        self.pipe = _take_pipe()
-        self.pipe_r, self.pipe_w, self.room = (self.pipe.read_fd, self.pipe.write_fd,
-                                               self.pipe.room)
+        self.src_sock, self.dst_sock = src, dst
+        self.pipes = pipes
+        self.pipe: _Pipe | None = None
+        self.pipe_r = self.pipe_w = -1
+        self.room = pipes.first_size
         self.held = 0
         self.full = False
         self.count = 0
         self.eof = False
         self.shut = False
+
+    def _take_pipe(self) -> None:
+        self.pipe = self.pipes.take()
+        self.pipe_r, self.pipe_w, self.room = (self.pipe.read_fd, self.pipe.write_fd,
+                                               self.pipe.room)
+
+    def _let_go(self) -> None:
+        """An empty pipe goes back to the pool (PipePool.lend)."""
+        self.pipes.give_back(self.pipe, True)
+        self.pipe = None
+        self.pipe_r = self.pipe_w = -1
+
+    @property
+    def wants_read(self) -> bool:
+        """The source may be read: no end of file yet, and the pipe has room."""
+        return not (self.eof or self.full or self.held >= self.room)
+
+    def preload(self, data: bytes) -> None:
+        """Put *data* (bytes read from the source before the relay began) in the pipe,
+        ahead of anything read later; they are not counted (the caller has counted them)."""
+        if data:
+            if self.pipe is None:
+                self._take_pipe()
+            self.held += os.write(self.pipe_w, data)
 
     def fill(self, readable: bool = False) -> int:
         """Read what the source has into the pipe; notice its end of file.
@@ -118,6 +173,8 @@ class _Direction:
         rather than a source gone dry.  Returns the bytes read, 0 at end of
         file, -1 when nothing could be read.
         """
+        if self.pipe is None:
+            self._take_pipe()
         try:
             n = os.splice(self.src, self.pipe_w, CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
@@ -131,8 +188,9 @@ class _Direction:
             return self.step_over_mark()
         self.held += n
         self.count += n
+        if self.held >= self.room and self.room < PIPE_SIZE:
+            self.room = self.pipe.grow(PIPE_SIZE)  # a busy stream: a bigger pipe
         return n
-
     def step_over_mark(self) -> int:
         """Where splice(2) read nothing: move one byte with recv(2), or see the end of file.
 
@@ -180,13 +238,24 @@ class _Direction:
             return
         self.held -= n
         self.full = False
+        if not self.held and self.pipes.lend:
+            self._let_go()
+
+    def pass_end(self) -> None:
+        """Once the source's end of file is read and every byte written: shut the
+        destination's write side (half-close); the other direction goes on."""
+        if self.eof and not self.held and not self.shut:
+            self.shut = True
+            _shutdown_write(self.dst_sock)
 
     @property
     def done(self) -> bool:
         return self.shut
 
     def close(self) -> None:
-        _give_back(self.pipe, self.held == 0)
+        if self.pipe is not None:
+            self.pipes.give_back(self.pipe, self.held == 0)
+            self.pipe = None
 
 
 class _ObservedDirection(_Direction):
@@ -309,9 +378,8 @@ def _run(up: _Direction, down: _Direction, idle_timeout: float,
     now = time.monotonic()
     last_activity = next_tick = now
     directions = (up, down)
-    sockets = {up.dst: server, down.dst: client}
     while not (up.done and down.done):
-        readers = [d.src for d in directions if not (d.eof or d.full or d.held >= d.room)]
+        readers = [d.src for d in directions if d.wants_read]
         writers = [d.dst for d in directions if d.held]
         timeout = max(0.0, next_tick - now)
         try:
@@ -327,9 +395,7 @@ def _run(up: _Direction, down: _Direction, idle_timeout: float,
                     d.drain()
                 if d.src in readable:
                     d.pump()
-                if d.eof and not d.held and not d.shut:
-                    d.shut = True
-                    _shutdown_write(sockets[d.dst])
+                d.pass_end()
         except OSError as exc:
             if exc.errno in _RESET:
                 return "reset"

@@ -7,9 +7,13 @@ with one exception that the write order takes care of: a slot counted by
 `sessions_from` has its source written before its state says it is busy.
 Text fields are stored already escaped (see sockd.log.escape).
 
-Today a slot is a worker and holds its one session.  Callers ask about
-sessions ("how many from this address"), not workers, so that the answers
-stay true when sessions get slots of their own.
+A worker's slot holds its one session.  With --relay shared, sessions carried
+by a relay process (sockd.relayproc) get slots of their own: each relay
+process owns a *lane*, a range of tunnel slots after the workers' slots, and
+is the only writer of its lane (the master clears a lane whose process died).
+A lane's high-water mark (slots in use are below it) bounds the scans; the
+marks follow the last lane.  Callers ask about sessions ("how many from this
+address"), not workers.
 
 The map is a file when the master can make one (`Scoreboard.create`), so that
 `sockd --status` (sockd.status) can read it without disturbing the daemon:
@@ -19,8 +23,9 @@ group when there is none), in a directory `/run/sockd` of mode 0755.  The
 file is made under a temporary name and renamed into place, never through a
 symbolic link, and removed when the master exits.  A reader maps it read-only
 (`Scoreboard.attach`).  A header before the slots says what the file is and
-holds what only the master knows (its pid, start time, generation, and the
-sessions of workers that have gone).
+how it is laid out (slots, lanes, slots per lane), and holds what only the
+master knows (its pid, start time, generation, and the sessions of workers
+that have gone).
 """
 
 import contextlib
@@ -50,10 +55,11 @@ BUSY = (State.NEGOTIATING, State.RELAYING)
 _SLOT = struct.Struct("=iIBxxxIddQQ16s48s32s96s")
 _HEAD = struct.Struct("=iIBxxxI")
 # The file's header: magic, slot count, slot size, master pid, generation, master's start
-# (time.time()), sessions served by workers that have gone; padded to 64 bytes.
-_FILE_HEAD = struct.Struct("=8sIIiIdQ")
+# (time.time()), sessions served by workers that have gone, relay lanes, tunnel slots per
+# lane; padded to 64 bytes.
+_FILE_HEAD = struct.Struct("=8sIIiIdQII")
 _HEADER = 64
-_MAGIC = b"SOCKDSB1"
+_MAGIC = b"SOCKDSB2"
 _GENERATION = 20                # offsets in the header
 _SERVED = 32
 RUN_DIR = "/run/sockd"
@@ -116,26 +122,33 @@ def _text(raw: bytes) -> str:
 
 
 class Scoreboard:
-    """A table of `size` slots shared by the master and every worker it forks.
+    """A table of `size` worker slots, then `lanes` lanes of `per_lane` tunnel slots,
+    shared by the master and every process it forks.
 
-    `Scoreboard(size)` is anonymous memory, seen by the master and its workers only;
-    `create` makes it a file others may read, `attach` reads one.
+    `Scoreboard(size, lanes, per_lane)` is anonymous memory, seen by the master and the
+    processes it forks only; `create` makes it a file others may read, `attach` reads one.
     """
 
-    def __init__(self, size: int, mapping: mmap.mmap | None = None,
-                 path: str | None = None) -> None:
+    def __init__(self, size: int, lanes: int = 0, per_lane: int = 0,
+                 mapping: mmap.mmap | None = None, path: str | None = None) -> None:
         self.size = size
+        self.lanes, self.per_lane = lanes, per_lane
         self.path = path
-        self._map = mapping if mapping is not None else mmap.mmap(-1, _at(size))
+        self._marks = _at(size + lanes * per_lane)      # the high-water marks
+        self._map = mapping if mapping is not None else mmap.mmap(-1, self._length())
+
+    def _length(self) -> int:
+        return self._marks + 4 * self.lanes
 
     @classmethod
-    def create(cls, size: int, path: str, started: float) -> "Scoreboard":
+    def create(cls, size: int, path: str, started: float, lanes: int = 0,
+               per_lane: int = 0) -> "Scoreboard":
         """Master, at start: a scoreboard in the file *path* (see the module docstring).
 
         Raises ScoreboardError when the directory or the file cannot be made safely.
         """
         directory = os.path.dirname(path)
-        length = _at(size)
+        length = _at(size + lanes * per_lane) + 4 * lanes
         try:
             _make_directory(directory)
             temporary = f"{path}.{os.getpid()}.new"
@@ -156,8 +169,9 @@ class Scoreboard:
             raise ScoreboardError(f"{path}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        _FILE_HEAD.pack_into(mapping, 0, _MAGIC, size, _SLOT.size, os.getpid(), 1, started, 0)
-        return cls(size, mapping, path)
+        _FILE_HEAD.pack_into(mapping, 0, _MAGIC, size, _SLOT.size, os.getpid(), 1, started, 0,
+                             lanes, per_lane)
+        return cls(size, lanes, per_lane, mapping, path)
 
     @classmethod
     def attach(cls, path: str) -> "Scoreboard":
@@ -176,10 +190,13 @@ class Scoreboard:
             raise ScoreboardError(f"{path}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        magic, size, slot_size = _FILE_HEAD.unpack_from(mapping, 0)[:3]
-        if magic != _MAGIC or slot_size != _SLOT.size or length < _HEADER + size * slot_size:
+        fields = _FILE_HEAD.unpack_from(mapping, 0)
+        magic, size, slot_size = fields[:3]
+        lanes, per_lane = fields[7:9]
+        if magic != _MAGIC or slot_size != _SLOT.size \
+                or length < _at(size + lanes * per_lane) + 4 * lanes:
             raise ScoreboardError(f"{path}: not a scoreboard of this version of sockd")
-        return cls(size, mapping, path)
+        return cls(size, lanes, per_lane, mapping, path)
 
     def remove(self) -> None:
         """Master, at exit: the file goes (the memory stays mapped until the process ends)."""
@@ -188,7 +205,7 @@ class Scoreboard:
                 os.unlink(self.path)
 
     def header(self) -> Header:
-        _, _, _, pid, generation, started, served = _FILE_HEAD.unpack_from(self._map, 0)
+        pid, generation, started, served = _FILE_HEAD.unpack_from(self._map, 0)[3:7]
         return Header(pid, generation, started, served)
 
     def set_generation(self, generation: int) -> None:
@@ -253,14 +270,62 @@ class Scoreboard:
 
     def sessions_from(self, source: bytes) -> int:
         """How many sessions (negotiating or relaying) come from the client *source*
-        (a `source_key`).  A scan of every slot: cheap for the few hundred slots of a pool,
-        and done once per accepted client."""
+        (a `source_key`).  A scan of every worker slot and of the tunnel slots in use:
+        cheap for the few hundred slots of a pool, and done once per accepted client."""
         count, view, size = 0, self._map, _SLOT.size
-        for offset in range(_HEADER, _HEADER + self.size * size, size):
-            if view[offset + _STATE] in BUSY and \
-                    view[offset + _SOURCE:offset + _SOURCE + 16] == source:
-                count += 1
+        spans = [(0, self.size)] + [(self.lane(n).start, self.lane(n).start + self.high_water(n))
+                                    for n in range(self.lanes)]
+        for first, end in spans:
+            for offset in range(_at(first), _at(end), size):
+                if view[offset + _STATE] in BUSY and \
+                        view[offset + _SOURCE:offset + _SOURCE + 16] == source:
+                    count += 1
         return count
+
+    # -- tunnel slots (--relay shared) ---------------------------------------------
+
+    def lane(self, lane: int) -> range:
+        """The tunnel slots of relay lane *lane*."""
+        first = self.size + lane * self.per_lane
+        return range(first, first + self.per_lane)
+
+    def high_water(self, lane: int) -> int:
+        """How many of the lane's first slots may be in use."""
+        return struct.unpack_from("=i", self._map, self._marks + 4 * lane)[0]
+
+    def set_high_water(self, lane: int, count: int) -> None:
+        """Relay process: slots of its lane at *count* and above are unused."""
+        struct.pack_into("=i", self._map, self._marks + 4 * lane, count)
+
+    def hold_tunnel(self, index: int, pid: int, started: float, source: bytes, client: str,
+                    user: str, destination: str, up: int) -> None:
+        """Relay process: the tunnel slot *index* now shows a session it carries."""
+        offset = _at(index)
+        _SLOT.pack_into(self._map, offset, pid, 0, State.DEAD, 0, started, started, up, 0,
+                        source, client.encode()[:48], user.encode()[:32],
+                        destination.encode()[:96])
+        self._map[offset + _STATE] = State.RELAYING     # last: the source is in place
+
+    def count_bytes(self, index: int, now: float, up: int, down: int) -> None:
+        """Relay process: a tunnel's byte counts so far."""
+        struct.pack_into("=dQQ", self._map, _at(index) + 24, now, up, down)
+
+    def clear_lane(self, lane: int) -> None:
+        """Master, when the lane's relay process is gone: every slot of it free."""
+        span = self.lane(lane)
+        for index in range(span.start, span.start + self.high_water(lane)):
+            self.release(index)
+        self.set_high_water(lane, 0)
+
+    def tunnels(self) -> list[Slot]:
+        """The tunnel slots in use, lane after lane."""
+        found = []
+        for lane in range(self.lanes):
+            first = self.lane(lane).start
+            for index in range(first, first + self.high_water(lane)):
+                if self._map[_at(index) + _STATE] == State.RELAYING:
+                    found.append(self.read(index))
+        return found
 
     def heartbeat(self, index: int, now: float) -> None:
         struct.pack_into("=d", self._map, _at(index) + 24, now)

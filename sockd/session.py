@@ -45,12 +45,14 @@ from sockd import (
     udp,
 )
 from sockd.ftpaudit import Audit
+from sockd.handoff import Tunnel, hand_off
 from sockd.log import escape
 from sockd.passwords import PasswordTable
 from sockd.protocol import Command, Method, ProtocolError, Request, Socks4Reply, Socks5Reply
 from sockd.proxyproto import SIGNATURE_V2, looks_like_header
 from sockd.resolver import ResolveError, ResolveTimeout
 from sockd.rules import Decision, IdentPolicy, Query, Ruleset, unmapped
+from sockd.scoreboard import source_key
 from sockd.settings import Settings
 
 log = logging.getLogger("sockd")
@@ -109,6 +111,14 @@ def configured_listeners(listen: tuple[str, ...]) -> destination.OwnListeners:
     if not listen:
         return destination.OwnListeners(any_address_ports=frozenset({listeners.socks_port()}))
     return destination.OwnListeners.of(listeners.parse_address(text) for text in listen)
+
+
+def log_end(verdict: str, story: str, from_client: int, client: str, from_server: int,
+            dest: str, started: float, reason: str) -> None:
+    """The session's end line (sockd(8), LOG LINES), wherever the session ends: in its
+    worker, or in a relay process (sockd.relayproc); *started* is time.monotonic()."""
+    log.info("%s -- %s: %d bytes from %s, %d bytes from %s, %.3f s (%s)", verdict, story,
+             from_client, client, from_server, dest, time.monotonic() - started, reason)
 
 
 class Status:
@@ -387,6 +397,10 @@ class Session:
                                  f"({service_name(self.request.port)})")
             pending = self.handshake.trailing()
             observe = self._ftp_audit()
+            # An audited control connection stays here: relay processes have no observer.
+            if observe is None and self.settings.relay == "shared" and \
+                    hand_off(self.tunnel(pending), self.sock, upstream):
+                return      # a relay process carries it on, and writes the end line
             if pending:
                 if observe is not None:
                     observe(pending)
@@ -404,10 +418,19 @@ class Session:
         return Audit(self.story)
 
     def _log_end(self, verdict: str, from_client: int, from_server: int, reason: str) -> None:
-        elapsed = time.monotonic() - self.started
-        log.info("%s -- %s: %d bytes from %s, %d bytes from %s, %.3f s (%s)", verdict,
-                 self.story(), from_client, self.client, from_server, self.dest(), elapsed,
-                 reason)
+        log_end(verdict, self.story(), from_client, self.client, from_server, self.dest(),
+                self.started, reason)
+
+    def tunnel(self, pending: bytes) -> Tunnel:
+        """The record a relay process needs to carry this session on (--relay shared)."""
+        return Tunnel(
+            session=self.id, story=self.story(), client=self.client, dest=self.dest(),
+            user=escape(self.user, 32), what=f"{COMMAND_WORDS[self.request.command]} "
+            f"{self.dest()} ({service_name(self.request.port)})",
+            source=source_key(self.client_addr), started=self.started,
+            wall_started=time.time() - (time.monotonic() - self.started),
+            idle_timeout=self.settings.idle_timeout, from_client=len(pending),
+            pending=pending)
 
     # -- helpers ------------------------------------------------------------
 
@@ -719,7 +742,8 @@ class Session:
         negotiation (and RFC 1929 authentication, when that method was
         chosen) when some ``udp`` rule could allow it a destination; the rules
         judge each destination, the first time the client sends to it
-        (`_judge_datagram`).
+        (`_judge_datagram`).  The association stays in this worker with --relay
+        shared: relay processes carry TCP tunnels only.
         """
         if not self.rules.may_allow("udp", self.client_addr, self.user, self.authenticated):
             log.info("refused -- %s. Error: no rule allows udp for this client", self.story())

@@ -41,6 +41,8 @@ class Settings:
     # --proxy-protocol: the load balancers whose PROXY headers are believed (sockd.balancer)
     proxy_protocol: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     debug: bool = False
+    relay: str = "worker"               # --relay: who relays an established session
+    relay_processes: int | None = None  # --relay-processes; None: one per CPU
     ftp_audit: frozenset[int] = frozenset({21})    # --ftp-audit: CONNECT ports audited as FTP
 
     @property
@@ -53,6 +55,13 @@ class Settings:
         if self.max_per_source is None:
             return max(8, self.max_workers // 4)
         return self.max_per_source
+
+    @property
+    def relay_count(self) -> int:
+        """Relay processes to keep (--relay shared): --relay-processes, else one per CPU."""
+        if self.relay != "shared":
+            return 0
+        return self.relay_processes or len(os.sched_getaffinity(0))
 
     @property
     def uses_config_file(self) -> bool:

@@ -2,7 +2,8 @@
 
 Owns the status view (Apache's server-status for sockd): finds the master by
 its pid file, maps its scoreboard file read-only (sockd.scoreboard) and
-prints one summary and one line per busy worker, or the same as JSON.  It
+prints one summary and one line per busy worker, then (--relay shared) one
+per tunnel a relay process carries, or the same as JSON.  It
 never signals, locks or writes anything, so it cannot disturb the daemon;
 it needs no privilege beyond reading the scoreboard file (root or group
 `adm`, sockd(8), FILES).  Slots are read while workers write them, so a
@@ -13,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sockd import __version__
 from sockd.scoreboard import BUSY, Header, Scoreboard, ScoreboardError, Slot, State, path_for
@@ -35,6 +36,8 @@ class Snapshot:
     header: Header
     slots: list[Slot]     # live slots only (a worker owns them)
     now: float
+    relay_processes: int = 0                            # lanes (--relay shared)
+    tunnels: list[Slot] = field(default_factory=list)   # tunnel slots in use
 
 
 def read_pid(pidfile: str) -> int:
@@ -57,25 +60,31 @@ def read_pid(pidfile: str) -> int:
 
 
 def take(board: Scoreboard, now: float) -> Snapshot:
-    """Read every slot once."""
+    """Read every slot once: the workers', then the relay processes' tunnels."""
     slots = [s for s in board.slots() if s.state != State.DEAD and s.pid > 0]
-    return Snapshot(board.header(), slots, now)
+    return Snapshot(board.header(), slots, now, board.lanes, board.tunnels())
+
+
+def _record(s: Slot, now: float) -> dict:
+    command, _, destination = s.destination.partition(" ")
+    return {
+        "pid": s.pid, "state": s.state.name.lower(), "client": s.client,
+        "user": s.user or None, "command": command or None,
+        "destination": destination or None, "bytes_from_client": s.bytes_up,
+        "bytes_from_destination": s.bytes_down,
+        "age": round(max(0.0, now - s.started), 3), "generation": s.generation}
 
 
 def summary(snap: Snapshot) -> dict:
-    """The pool and one record per busy worker (the --json form); pure."""
+    """The pool, one record per busy worker, and (--relay shared) one per tunnel a relay
+    process carries (the --json form); pure."""
     counts = {state: sum(1 for s in snap.slots if s.state == state) for state in State}
-    sessions = []
-    for s in snap.slots:
-        if s.state not in BUSY:
-            continue
-        command, _, destination = s.destination.partition(" ")
-        sessions.append({
-            "pid": s.pid, "state": s.state.name.lower(), "client": s.client,
-            "user": s.user or None, "command": command or None,
-            "destination": destination or None, "bytes_from_client": s.bytes_up,
-            "bytes_from_destination": s.bytes_down,
-            "age": round(max(0.0, snap.now - s.started), 3), "generation": s.generation})
+    sessions = [_record(s, snap.now) for s in snap.slots if s.state in BUSY]
+    tunnels = []
+    for s in snap.tunnels:
+        record = _record(s, snap.now)
+        del record["generation"]        # a relay process serves every generation
+        tunnels.append(record)
     return {
         "master": {"pid": snap.header.master_pid, "generation": snap.header.generation,
                    "started": snap.header.started,
@@ -84,6 +93,7 @@ def summary(snap: Snapshot) -> dict:
         "starting": counts[State.STARTING], "busy": len(sessions),
         "sessions_served": snap.header.served_by_gone + sum(s.sessions for s in snap.slots),
         "sessions": sessions,
+        "relay_processes": snap.relay_processes, "tunnels": tunnels,
     }
 
 
@@ -104,18 +114,22 @@ COLUMNS = ("PID", "STATE", "AGE", "CLIENT", "USER", "COMMAND", "DESTINATION", "F
 
 
 def render(info: dict) -> str:
-    """The text form: two summary lines, then a table of the busy workers; pure."""
+    """The text form: two summary lines (three with relay processes), then a table of the
+    busy workers and of the tunnels the relay processes carry; pure."""
     master = info["master"]
     lines = [f"sockd {__version__}: master pid {master['pid']}, up "
              f"{_duration(master['uptime'])}, generation {master['generation']}",
              f"{info['workers']} workers: {info['busy']} busy, {info['idle']} idle, "
              f"{info['starting']} starting; {info['sessions_served']} sessions served"]
-    if not info["sessions"]:
+    tunnels = info.get("tunnels", [])
+    if info.get("relay_processes"):
+        lines.append(f"{info['relay_processes']} relay processes: {len(tunnels)} tunnels")
+    if not info["sessions"] and not tunnels:
         return "\n".join(lines) + "\n"
     rows = [COLUMNS] + [
         (str(s["pid"]), s["state"], _duration(s["age"]), s["client"] or "-", s["user"] or "-",
          s["command"] or "-", s["destination"] or "-", str(s["bytes_from_client"]),
-         str(s["bytes_from_destination"])) for s in info["sessions"]]
+         str(s["bytes_from_destination"])) for s in info["sessions"] + tunnels]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines.append("")
     for row in rows:

@@ -11,10 +11,12 @@ import threading
 import time
 
 import pytest
+import relay_modes
 
 from conftest import free_port, wait_until
 
 pytestmark = pytest.mark.integration
+sockd = relay_modes.sockd     # every test here runs in both relay modes
 
 ARGS = ["--min-spare", "1", "--max-spare", "2", "--max-workers", "4", "--bind-timeout", "10"]
 

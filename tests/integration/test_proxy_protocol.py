@@ -160,8 +160,8 @@ def test_health_checks_do_not_fill_the_log(sockd, echo_server):
     assert echo_through(trusted, build_v2(None), echo_server) == b"\x00"
     trusted.wait_log(r"connected -- Connect from .*@127\.0\.0\.1:\d+ ")
     # (sockd logs before it closes: what the checks could have written is written)
-    assert not plain.lines(r"^(?!.* (started|rules) -- )")
-    assert not trusted.lines(r"^(?!.* (started|rules|connected|terminated) -- )")
+    assert not plain.lines(r"^(?!.* (started|rules|capacity) -- )")
+    assert not trusted.lines(r"^(?!.* (started|rules|capacity|connected|terminated) -- )")
 
 
 def test_debug_level_shows_the_health_checks(sockd):

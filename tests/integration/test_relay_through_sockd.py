@@ -7,11 +7,13 @@ import socketserver
 import threading
 
 import pytest
+import relay_modes
 
 from conftest import serve
 from test_signals import open_session
 
 pytestmark = pytest.mark.integration
+sockd = relay_modes.sockd     # every test here runs in both relay modes
 
 
 class _AnswerAfterEof(socketserver.BaseRequestHandler):

@@ -8,10 +8,12 @@ import struct
 import threading
 
 import pytest
+import relay_modes
 
 from conftest import LOOPBACK_RULES, wait_until
 
 pytestmark = pytest.mark.integration
+sockd = relay_modes.sockd     # every test here runs in both relay modes
 
 
 def open_session(proxy_port: int, dest_port: int) -> socket.socket:
@@ -40,6 +42,7 @@ def echo_round_trip(s: socket.socket, data: bytes = b"ping") -> None:
     assert got == data
 
 
+@pytest.mark.relay_worker_only
 def test_kill_9_of_a_busy_worker_loses_only_its_session(sockd, echo_server):
     server = sockd()
     victim = open_session(server.port, echo_server)
@@ -169,6 +172,7 @@ def test_int_stops_at_once(sockd, echo_server):
     assert s.recv(10) == b""
 
 
+@pytest.mark.relay_worker_only
 def test_usr1_logs_the_pool(sockd, echo_server):
     server = sockd()
     with open_session(server.port, echo_server) as s:
@@ -180,6 +184,7 @@ def test_usr1_logs_the_pool(sockd, echo_server):
     assert "1 busy" in line and "sessions served" in line
 
 
+@pytest.mark.relay_worker_only
 def test_titles_in_ps(sockd, echo_server):
     import subprocess
     server = sockd()

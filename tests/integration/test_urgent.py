@@ -14,11 +14,13 @@ import struct
 from pathlib import Path
 
 import pytest
+import relay_modes
 from socks_wire import TIMEOUT, read_all, recv_exact, socks4_connect, socks5_connect
 
 from conftest import serve, wait_until
 
 pytestmark = pytest.mark.integration
+sockd = relay_modes.sockd     # every test here runs in both relay modes
 
 
 def send_with_urgent_bytes(sock: socket.socket, pieces: list[bytes]) -> bytes:
