@@ -141,6 +141,8 @@ class _FileHandler(logging.FileHandler):
     feed: socket.socket | None = None   # where every process sends its lines
     owner = 0                           # the pid of the process whose thread writes
     _writer: threading.Thread | None = None
+    lost = 0                            # lines that could not be written (a full disk)
+    lost_why = ""
 
     def _open(self):
         fd = open_no_follow(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -155,9 +157,32 @@ class _FileHandler(logging.FileHandler):
                     return
                 except OSError:
                     pass    # the writer is gone (the master died): write it ourselves
-            os.write(self.stream.fileno(), line)
+            self._write(line)
         except Exception:   # noqa: BLE001 - logging's own contract: never raise
             self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line that cannot be made or written is counted, never a traceback on stderr."""
+        self._lose(sys.exc_info()[1])
+
+    def _lose(self, exc: BaseException | None) -> None:
+        self.lost += 1
+        self.lost_why = getattr(exc, "strerror", None) or type(exc).__name__
+
+    def _write(self, data: bytes) -> None:
+        """One write(2) of whole lines; after lines were lost (ENOSPC, say), first a line
+        that says how many, so a gap in the log is never silent."""
+        fd = self.stream.fileno()
+        try:
+            if self.lost:
+                notice = logging.makeLogRecord({
+                    "msg": "error -- %d log lines lost (%s)", "args": (self.lost, self.lost_why),
+                    "levelno": logging.ERROR, "levelname": "ERROR"})
+                os.write(fd, (self.format(notice) + "\n").encode("ascii", "backslashreplace"))
+                self.lost = 0
+            os.write(fd, data)
+        except OSError as exc:
+            self._lose(exc)
 
     def start_writer(self) -> None:
         """In the master: from now on, forked processes send their lines to a thread here."""
@@ -174,10 +199,7 @@ class _FileHandler(logging.FileHandler):
     def _write_lines(self) -> None:
         while data := self._inbox.recv(1 << 16):    # an empty datagram: close() is waiting
             with self.swap:
-                try:
-                    os.write(self.stream.fileno(), data)
-                except OSError:
-                    pass
+                self._write(data)
 
     def close(self) -> None:
         """In the master: let the writer write every line sent before, then close."""

@@ -1,6 +1,7 @@
 """The scoreboard, log escaping and listen addresses (the password file: test_passwords.py)."""
 
 import os
+import re
 
 import pytest
 
@@ -91,3 +92,39 @@ def test_login_failure_delay_grows_and_is_shared_after_fork():
     assert os.waitpid(pid, 0)[1] == 0
     assert table.record(ipaddress.ip_address(str(b.ipv4_mapped)), 1002.0) == 3
     assert table.record(a, 1002.0 + failures.FORGET_AFTER + 1) == 1     # forgotten
+
+
+def test_a_full_log_disk_loses_lines_quietly_and_says_how_many(tmp_path):
+    """--log FILE on a full disk: no traceback on stderr, lines counted, and once space comes
+    back the first line written says how many were lost (a private tmpfs of 24 KiB)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+import logging, os, sys
+sys.path.insert(0, {str(root)!r})
+from sockd import log
+handler = log.configure({str(disk / "sockd.log")!r})
+logger = logging.getLogger("sockd")
+for i in range(1000):
+    logger.info("line %d %s", i, "x" * 60)
+assert handler.lost > 0, handler.lost
+os.truncate({str(disk / "sockd.log")!r}, 0)        # space again
+logger.info("after the gap")
+print(handler.lost)
+print(open({str(disk / "sockd.log")!r}).read())
+"""
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f'mount -t tmpfs -o size=24k tmpfs {disk} && exec "$0" "$@"',
+                           sys.executable, "-c", script, ],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lost, *lines = done.stdout.strip().splitlines()
+    assert lost == "0" and done.stderr == ""
+    assert re.search(r"sockd\[\d+\]: error -- \d+ log lines lost \(No space left on device\)$",
+                     lines[0]), lines
+    assert lines[1].endswith("after the gap")
