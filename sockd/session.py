@@ -655,6 +655,9 @@ class Session:
         listener = socket.socket(socket.AF_INET6 if local.version == 6 else socket.AF_INET,
                                  socket.SOCK_STREAM)
         try:
+            # The peer's connection inherits it: urgent bytes it sends before the relay
+            # starts must not be lost (relay.read_urgent_inline).
+            relay.read_urgent_inline(listener)
             listener.bind((str(local), 0))
             listener.listen(4)
         except OSError as exc:
