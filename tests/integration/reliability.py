@@ -312,16 +312,18 @@ class _Direction:
 
 
 def send(sock: socket.socket, data: memoryview, urgent: list[int], rng: random.Random,
-         pace: float = 0.0) -> None:
+         pace: float = 0.0, piece: int = 0) -> None:
     """*data* in random pieces, the bytes at *urgent* offsets sent with MSG_OOB; then a
-    half-close.  *pace* seconds between pieces make a transfer last."""
+    half-close.  *pace* seconds between pieces of *piece* bytes (0: random sizes) make a
+    transfer last."""
     position = 0
     marks = [*urgent, len(data)]
     for mark in marks:
         while position < mark:
-            piece = min(mark - position, rng.choice([1, 100, 1460, 8192, 65536, 1 << 20]))
-            sock.sendall(data[position:position + piece])
-            position += piece
+            size = min(mark - position,
+                       piece or rng.choice([1, 100, 1460, 8192, 65536, 1 << 20]))
+            sock.sendall(data[position:position + size])
+            position += size
             if pace:
                 time.sleep(pace)
         if mark < len(data):
@@ -347,7 +349,7 @@ def open_transfer(proxy_port: int, plan: Plan) -> tuple[socket.socket, socket.so
         return client, inline(far)
 
 
-def transfer(proxy_port: int, plan: Plan, pace: float = 0.0,
+def transfer(proxy_port: int, plan: Plan, pace: float = 0.0, piece: int = 0,
              opened: tuple[socket.socket, socket.socket] | None = None) -> int:
     """Run *plan* through sockd and verify it; returns the bytes moved.  Raises
     AssertionError (naming the plan) when a byte is lost, added or out of place, and
@@ -364,7 +366,7 @@ def transfer(proxy_port: int, plan: Plan, pace: float = 0.0,
     def down_sender() -> None:
         try:
             up.wait_for(int(plan.up * plan.down_after))
-            send(far, down_data, plan.down_urgent, rng_down, pace)
+            send(far, down_data, plan.down_urgent, rng_down, pace, piece)
         except BaseException as exc:    # noqa: BLE001
             errors.append(exc)
 
@@ -375,7 +377,7 @@ def transfer(proxy_port: int, plan: Plan, pace: float = 0.0,
         for t in threads:
             t.start()
         try:
-            send(client, up_data, plan.up_urgent, rng, pace)
+            send(client, up_data, plan.up_urgent, rng, pace, piece)
         except BaseException as exc:    # noqa: BLE001
             errors.append(exc)
         for t in threads:
@@ -407,7 +409,7 @@ class Tally:
 
 
 def run_transfers(proxy_port: int, plans: list[Plan], concurrency: int = 8,
-                  pace: float = 0.0) -> Tally:
+                  pace: float = 0.0, piece: int = 0) -> Tally:
     """Run *plans*, *concurrency* at a time; every failure is kept with its plan."""
     tally = Tally()
     lock = threading.Lock()
@@ -415,7 +417,7 @@ def run_transfers(proxy_port: int, plans: list[Plan], concurrency: int = 8,
 
     def one(plan: Plan) -> None:
         try:
-            moved = transfer(proxy_port, plan, pace)
+            moved = transfer(proxy_port, plan, pace, piece)
         except BaseException as exc:    # noqa: BLE001
             with lock:
                 tally.failures.append(f"{plan}: {exc!r}")
@@ -432,6 +434,24 @@ def run_transfers(proxy_port: int, plans: list[Plan], concurrency: int = 8,
 
 # ---------------------------------------------------------------------------------------------
 # A load running meanwhile
+
+class CutShort(ConnectionError):
+    """A session that ended early: every byte that came was right, some never came."""
+
+
+def same(got: bytes, sent: bytes, what: str) -> None:
+    """Raise CutShort when *got* is a proper prefix of *sent*, AssertionError (garbled) when
+    it is anything else but *sent*."""
+    if got != sent:
+        if sent.startswith(got):
+            raise CutShort(f"{what}: {len(got)} of {len(sent)} bytes, then the end")
+        raise AssertionError(f"{what} garbled: {len(got)} bytes, not the {len(sent)} sent")
+
+
+def garbled(errors: list[str]) -> list[str]:
+    """The errors that are not a lost session (refused, reset, cut short) but wrong bytes."""
+    return [e for e in errors if "garbled" in e or "AssertionError" in e]
+
 
 class _Echo:
     def __init__(self) -> None:
@@ -484,7 +504,8 @@ class Load:
         deadline = time.monotonic() + timeout
         target = self.served + count
         while self.served < target:
-            assert time.monotonic() < deadline, f"the load made no progress: {self.errors}"
+            assert time.monotonic() < deadline, \
+                f"the load made no progress: {len(self.errors)} errors: {self.errors[:5]}"
             time.sleep(0.02)
 
     def one_session(self, n: int, rng: random.Random) -> None:
@@ -497,13 +518,13 @@ class Load:
                 got = b""
                 while len(got) < len(data) and (chunk := far.recv(65536)):
                     got += chunk
-                assert got == data, "BIND data garbled"
+                same(got, data, "BIND")
                 far.sendall(data)
                 far.shutdown(socket.SHUT_WR)
                 got = b""
                 while chunk := client.recv(65536):
                     got += chunk
-                assert got == data, "BIND data garbled"
+                same(got, data, "BIND")
             return
         with connect(self.proxy_port, version, "127.0.0.1", self.echo.port) as s:
             s.sendall(data)
@@ -511,7 +532,7 @@ class Load:
             got = b""
             while chunk := s.recv(65536):
                 got += chunk
-            assert got == data, f"echo garbled ({len(got)} of {len(data)} bytes)"
+            same(got, data, "echo")
 
     def _client(self, n: int) -> None:
         rng = random.Random(n)
