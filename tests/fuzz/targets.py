@@ -258,9 +258,10 @@ def password_file(data: bytes) -> None:
         _one_line(str(error))
         assert str(error).startswith("p.passwd:")
         line = text.split("\n")[error.line - 1].removesuffix("\r")
-        field = line.partition(":")[2]
-        # (a field that is a piece of the messages' own wording proves nothing)
-        if len(field) >= 8 and field not in _PASSWORD_WORDING:
+        user, _, field = line.partition(":")
+        # (a field that is a piece of the messages' own wording, or of the user name that
+        # they do quote, proves nothing)
+        if len(field) >= 8 and field not in _PASSWORD_WORDING and field not in user:
             assert field not in str(error), "a message quotes a password field"
         return
     assert len(table.users()) <= text.count("\n") + 1
