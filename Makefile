@@ -23,8 +23,9 @@ VERSION   := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sockd/__init__.py)
 # test (or of the proxy) can send a packet off this machine.
 NETNS     := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: all run test unit lint bench deps venv wheels install install.server install.clients \
-        install.man install.venv initfiles uninstall uninstall.server uninstall.man deb clean
+.PHONY: all run test unit lint bench fuzz soak deps venv wheels install install.server \
+        install.clients install.man install.venv initfiles uninstall uninstall.server \
+        uninstall.man deb clean
 
 all: venv
 
@@ -59,6 +60,17 @@ bench: venv
 	scripts/install-deps bench
 	$(NETNS) $(PY) scripts/bench.py
 	$(PY) scripts/bench_rules.py
+
+## fuzz: every parser under a coverage-guided fuzzer (atheris), FUZZ_SECONDS each
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	$(PY) -m pip install -q atheris
+	$(PY) scripts/fuzz.py --seconds $(FUZZ_SECONDS)
+
+## soak: the reliability tests at full length (10,000 verified transfers, 30 s of HUPs...)
+soak: venv
+	scripts/install-deps test
+	$(NETNS) $(PY) scripts/soak.py
 
 ## wheels: sockd's dependencies as wheels in build/wheels (the network, once)
 wheels: venv
