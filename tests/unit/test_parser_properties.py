@@ -122,7 +122,8 @@ def test_socks_conf_lines_read_back_and_route_as_written(lines, address, port, u
     dst = ipaddress.IPv4Address(address)
 
     def matches(net, port_test, users) -> bool:
-        return (dst in net if net.version == 4 else False) \
+        # a zero mask matches every address of both families (socks.conf(5), sockd.conf(5))
+        return (net.prefixlen == 0 or (dst in net if net.version == 4 else False)) \
             and (port_test is None or PORT_OPS[port_test[0]](port, port_test[1])) \
             and (users is None or user in users.split(","))
     expected = next((n for n, (_, net, pt, us) in enumerate(lines, 1) if matches(net, pt, us)),
