@@ -236,3 +236,27 @@ def http_server(tmp_path):
     yield port
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
+
+
+@contextlib.contextmanager
+def serve_ftp(root: Path, host: str = "127.0.0.1", user: str = "user",
+               password: str = "secret"):
+    """A real FTP server (pyftpdlib) on *host*, serving *root* (made here) to *user*;
+    yields its port, and is stopped on exit."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    root.mkdir()
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(user, password, str(root), perm="elradfmw")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+    server = FTPServer((host, free_port(host)), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.address[1]
+    finally:
+        server.close_all()
+        thread.join(5)

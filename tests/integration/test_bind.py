@@ -7,13 +7,12 @@ import hashlib
 import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
 import relay_modes
 
-from conftest import free_port, wait_until
+from conftest import serve_ftp, wait_until
 
 pytestmark = pytest.mark.integration
 sockd = relay_modes.sockd     # every test here runs in both relay modes
@@ -197,22 +196,9 @@ def test_bind_listens_where_the_route_file_says(sockd, tmp_path):
 
 @pytest.fixture
 def ftp_server(tmp_path):
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
-    from pyftpdlib.servers import FTPServer
-
     root = tmp_path / "ftp"
-    root.mkdir()
-    authorizer = DummyAuthorizer()
-    authorizer.add_user("user", "secret", str(root), perm="elradfmw")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
-    server = FTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
-                              daemon=True)
-    thread.start()
-    yield root, server.address[1]
-    server.close_all()
-    thread.join(5)
+    with serve_ftp(root) as port:
+        yield root, port
 
 
 class SocksActiveFTP(ftplib.FTP):

@@ -14,14 +14,13 @@ import signal
 import socketserver
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from test_syslog import rsyslog  # noqa: F401  (the fixture)
 
-from conftest import free_port, require, serve, wait_until
+from conftest import free_port, require, serve, serve_ftp, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -200,22 +199,9 @@ def test_usage_errors_exit_2():
 
 @pytest.fixture
 def ftp_server(tmp_path):
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
-    from pyftpdlib.servers import FTPServer
-
     root = tmp_path / "ftp"
-    root.mkdir()
-    authorizer = DummyAuthorizer()
-    authorizer.add_user("user", "secret", str(root), perm="elradfmw")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
-    server = FTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
-                              daemon=True)
-    thread.start()
-    yield root, server.address[1]
-    server.close_all()
-    thread.join(5)
+    with serve_ftp(root) as port:
+        yield root, port
 
 
 def sha256(path: Path) -> str:
@@ -477,22 +463,9 @@ def test_refused_by_socks_conf(tmp_path, program, args):
 
 @pytest.fixture
 def far_ftp_server(tmp_path):
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
-    from pyftpdlib.servers import FTPServer
-
     root = tmp_path / "farftp"
-    root.mkdir()
-    authorizer = DummyAuthorizer()
-    authorizer.add_user("user", "secret", str(root), perm="elradfmw")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
-    server = FTPServer((FAR, free_port(FAR)), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
-                              daemon=True)
-    thread.start()
-    yield root, server.address[1]
-    server.close_all()
-    thread.join(5)
+    with serve_ftp(root, FAR) as port:
+        yield root, port
 
 
 @pytest.mark.parametrize("mode", ["passive", "active"])

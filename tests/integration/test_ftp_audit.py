@@ -14,12 +14,11 @@ import os
 import re
 import socket
 import struct
-import threading
 
 import pytest
 from test_syslog import rsyslog  # noqa: F401 (a fixture)
 
-from conftest import free_port, wait_until
+from conftest import serve_ftp, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,22 +29,9 @@ FTP_USER, FTP_PASSWORD = "ftpuser", "pa55-never-logged"
 @pytest.fixture
 def ftp_server(tmp_path):
     """A pyftpdlib server on 127.0.0.1 with one user; yields (root, port)."""
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
-    from pyftpdlib.servers import FTPServer
-
     root = tmp_path / "ftp"
-    root.mkdir()
-    authorizer = DummyAuthorizer()
-    authorizer.add_user(FTP_USER, FTP_PASSWORD, str(root), perm="elradfmw")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
-    server = FTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
-                              daemon=True)
-    thread.start()
-    yield root, server.address[1]
-    server.close_all()
-    thread.join(5)
+    with serve_ftp(root, "127.0.0.1", FTP_USER, FTP_PASSWORD) as port:
+        yield root, port
 
 
 def socks_connect(proxy_port: int, host: str, port: int, user: bytes) -> socket.socket:

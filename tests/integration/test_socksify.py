@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, serve_ftp
 
 DST = "127.0.0.2"
 SOCKSIFY = [sys.executable, "-m", "clients.socksify"]
@@ -86,22 +85,9 @@ print(len(got))
 
 @pytest.fixture
 def ftp2(tmp_path):
-    from pyftpdlib.authorizers import DummyAuthorizer
-    from pyftpdlib.handlers import FTPHandler
-    from pyftpdlib.servers import FTPServer
-
     root = tmp_path / "ftp"
-    root.mkdir()
-    authorizer = DummyAuthorizer()
-    authorizer.add_user("user", "secret", str(root), perm="elradfmw")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
-    server = FTPServer((DST, free_port(DST)), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2},
-                              daemon=True)
-    thread.start()
-    yield root, server.address[1]
-    server.close_all()
-    thread.join(5)
+    with serve_ftp(root, DST) as port:
+        yield root, port
 
 
 @pytest.mark.parametrize("mode", ["passive", "active"])
