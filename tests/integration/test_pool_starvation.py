@@ -240,7 +240,9 @@ def test_each_client_answered_while_the_server_reloads(sockd, echo_server):
         server.signal(signal.SIGHUP)
         if generation % 2:
             server.wait_log(rf"reloaded -- generation {generation}$")
-        with open_session(server.port, echo_server, timeout=5) as s:
+        # a generous bound, not a speed claim: 30 reloads fork 30 generations of workers,
+        # which a loaded machine boots slowly; a client left in the backlog would wait for ever
+        with open_session(server.port, echo_server, timeout=15) as s:
             echo_round_trip(s)
     server.wait_log(r"reloaded -- generation 31$")
 
