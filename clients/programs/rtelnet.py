@@ -173,13 +173,13 @@ class Session:
             raw = self.modes is not None and self.modes.current == "raw"
             self._send(self.telnet.encode(data, lines=not raw))
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, flags: int = 0) -> None:
         """Send to the server; nothing once our side is shut (the end of a script), and a
         connection the server has dropped ends the session."""
         if not data or not self.stdin_open and not self.interactive:
             return
         try:
-            self.sock.sendall(data)
+            self.sock.sendall(data, flags)
         except (BrokenPipeError, ConnectionResetError):
             self._say("Connection closed by foreign host.")
             raise Closed from None
@@ -287,7 +287,7 @@ class Session:
     def _synch(self) -> None:
         """IAC DM with the DM as the urgent byte: the urgent pointer marks the DM (RFC 854)."""
         self._send(bytes((t.IAC,)))
-        self.sock.send(bytes((t.DM,)), socket.MSG_OOB)
+        self._send(bytes((t.DM,)), socket.MSG_OOB)  # the server may be gone already (after IP)
 
     def _status(self) -> None:
         mode = "character at a time" if self.telnet.remote_echo() else "line by line"
