@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from sockd.protocol import NEED_DATA
 from sockd.proxyproto import HeaderError, HeaderReader
-from sockd.resolver import IPAddress
+from sockd.resolver import IPAddress, address_of
 from sockd.rules import unmapped
 from sockd.session import RECV_SLICE, format_host
 
@@ -52,11 +52,6 @@ class Arrival:
     balancer: str | None = None
     local: bool = False
 
-    @property
-    def client_address(self) -> tuple[str, int] | None:
-        """The real client for a Session, when it is not the connection's peer."""
-        return (str(self.address), self.port) if self.balancer else None
-
 
 def trusts(networks: Iterable[Network], address: IPAddress) -> bool:
     """True when *address* (unmapped) is in one of *networks*."""
@@ -68,7 +63,7 @@ def arrival(conn: socket.socket, peer: tuple, networks: tuple[Network, ...], tim
     """Who *conn* (accepted from *peer*) is from; None when it was closed for want of a
     good PROXY header (logged).  A peer in *networks* must send a header within *timeout*
     seconds; *tick* is called about twice a second while it is awaited."""
-    address = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
+    address = address_of(peer[0])
     if not trusts(networks, address):
         return Arrival(address, peer[1])
     balancer = format_host(address, peer[1])

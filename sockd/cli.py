@@ -306,7 +306,8 @@ def serve_inetd(settings: Settings, ruleset, passwords) -> int:
             sock.close()
         else:
             Session(sock, settings, ruleset, runner, Status(), passwords,
-                    client_address=arrival.client_address, preread=arrival.preread).run()
+                    remote=(arrival.address, arrival.port),
+                    balanced=arrival.balancer is not None, preread=arrival.preread).run()
     except OSError:
         sock.close()
     runner.wait()

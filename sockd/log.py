@@ -33,8 +33,8 @@ def escape(text: str, limit: int = 255) -> str:
     """
     if len(text) > limit:
         text = text[:limit]
-    if all(c in _SAFE for c in text):
-        return text
+    if text.isascii() and text.isprintable() and " " not in text and "\\" not in text:
+        return text     # the common case, said in C: every character is in _SAFE
     return "".join(_ESCAPES.get(c) or f"\\x{ord(c) & 0xFF:02x}" for c in text)
 
 

@@ -15,6 +15,7 @@ timeouts give up (resolv.conf(5): ``timeout``, ``attempts``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import threading
@@ -72,7 +73,16 @@ def lookup(name: str, timeout: float) -> IPAddress:
 
 
 def _address(infos: list) -> IPAddress:
-    return unmapped(ipaddress.ip_address(infos[0][4][0].partition("%")[0]))
+    return address_of(infos[0][4][0])
+
+
+@functools.lru_cache(maxsize=1024)
+def address_of(host: str) -> IPAddress:
+    """The address in the host part of a socket address, as the rules see it: a scope
+    (``%eth0``) dropped, an IPv4-mapped IPv6 address unmapped.  Cached: a worker meets the
+    same few addresses (its clients, its listeners, their destinations) again and again,
+    and parsing one costs more than a session's rule decision."""
+    return unmapped(ipaddress.ip_address(host.partition("%")[0]))
 
 
 def is_local(address: IPAddress) -> bool:

@@ -158,17 +158,19 @@ class Session:
     status: Status
     passwords: PasswordTable | None = None
     lookup: Callable[[str, float], resolver.IPAddress] = resolver.lookup
-    # Through a trusted load balancer (sockd.balancer): the client's real address and port
-    # from its PROXY header, and the bytes the client sent after the header.
-    client_address: tuple[str, int] | None = None
-    preread: bytes = b""
+    # The client's address (unmapped) and port, as accept(2) gave them or as a trusted load
+    # balancer's PROXY header named them (sockd.balancer.Arrival); None: ask the socket.
+    remote: tuple[resolver.IPAddress, int] | None = None
+    balanced: bool = False      # remote is the client behind a trusted load balancer
+    preread: bytes = b""        # what the client sent after a PROXY header
 
     def __post_init__(self) -> None:
-        peer = self.client_address or self.sock.getpeername()
-        self.client_addr = unmapped(ipaddress.ip_address(peer[0].partition("%")[0]))
+        if self.remote is None:
+            host, port = self.sock.getpeername()[:2]
+            self.remote = resolver.address_of(host), port
+        self.client_addr, self.client_port = self.remote
         self.client = str(self.client_addr)
-        self.client_port = peer[1]
-        self.peer = format_host(self.client_addr, peer[1])
+        self.peer = format_host(self.client_addr, self.client_port)
         self.id = f"{os.getpid()}.{next(_session_numbers)}"
         self.started = time.monotonic()
         self.handshake = protocol.ServerHandshake()
@@ -185,6 +187,7 @@ class Session:
         self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
+        self._dest: str | None = None
         self.handshake.feed(self.preread)
         self._head = self.preread[:len(SIGNATURE_V2)]  # the client's first bytes
 
@@ -316,7 +319,7 @@ class Session:
 
     def _ask_identd(self) -> ident.IdentAnswer:
         """Ask the client host's identd, from the address the client reached."""
-        if self.client_address is not None:
+        if self.balanced:
             # The client's identd knows a connection to the balancer, not to us.
             return ident.IdentAnswer.no_answer("behind a load balancer")
         local_addr, local_port = self.local_address
@@ -370,7 +373,7 @@ class Session:
         listener = self._listen_for(expected)
         with listener:
             host, port = listener.getsockname()[:2]
-            address = unmapped(ipaddress.ip_address(host.partition("%")[0]))
+            address = resolver.address_of(host)
             self.outbound = format_host(address, port)
             self._story = None
             self._send(self.handshake.reply(self._granted(), address, port))
@@ -384,11 +387,11 @@ class Session:
         peer's address), then relay until both sides are done."""
         with upstream:
             bound_host, bound_port = bound[:2]
-            address = ipaddress.ip_address(bound_host.partition("%")[0])
+            address = resolver.address_of(bound_host)
             if self.request.command == Command.CONNECT:
-                self.outbound = format_host(unmapped(address), bound_port)
+                self.outbound = format_host(address, bound_port)
             else:
-                self.peer_seen = format_host(unmapped(address), bound_port)
+                self.peer_seen = format_host(address, bound_port)
             self._story = None
             log.info("connected -- %s", self.story())
             self._send(self.handshake.reply(self._granted(), address, bound_port))
@@ -477,7 +480,10 @@ class Session:
         return story
 
     def dest(self) -> str:
-        return format_host(self.request.host, self.request.port)
+        """The destination as the client asked for it, HOST:PORT (host names escaped)."""
+        if self._dest is None:
+            self._dest = format_host(self.request.host, self.request.port)
+        return self._dest
 
     def _resolve(self, name: str) -> resolver.IPAddress:
         """The address of the requested name, looked up once, under the connect deadline.
@@ -525,7 +531,7 @@ class Session:
     def local_address(self) -> tuple[resolver.IPAddress, int]:
         """The address and port the client connected to (unmapped)."""
         host, port = self.sock.getsockname()[:2]
-        return unmapped(ipaddress.ip_address(host.partition("%")[0])), port
+        return resolver.address_of(host), port
 
     def _next_event(self, deadline: float):
         """The next handshake event, reading from the client as needed."""
@@ -687,7 +693,7 @@ class Session:
                 conn, address = listener.accept()
             except OSError:
                 continue
-            peer = unmapped(ipaddress.ip_address(address[0].partition("%")[0]))
+            peer = resolver.address_of(address[0])
             if self._expected_peer(peer, expected):
                 return conn
             conn.close()
@@ -753,7 +759,7 @@ class Session:
             self._send(self.handshake.failure_reply(Socks5Reply.NOT_ALLOWED))
             raise SessionEnd
         local = self.local_address[0]
-        if self.client_address is not None:
+        if self.balanced:
             # Through a load balancer the client reached the balancer, not us, and datagrams
             # do not pass a TCP balancer: the route file names our address that leads to the
             # client, else the one the balancer reached (sockd(8), Behind a load balancer).

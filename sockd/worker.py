@@ -246,8 +246,8 @@ class Worker(Status):
         self.served += 1
         try:
             session = Session(conn, self.settings, self.rules, self.hook_runner, self,
-                              self.passwords, client_address=arrival.client_address,
-                              preread=arrival.preread)
+                              self.passwords, remote=(arrival.address, arrival.port),
+                              balanced=arrival.balancer is not None, preread=arrival.preread)
         except OSError:
             conn.close()  # the client left before we could ask who it was
             self.board.end_session(self.index, time.time(), 0, 0)
