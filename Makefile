@@ -23,7 +23,7 @@ VERSION   := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' sockd/__init__.py)
 # test (or of the proxy) can send a packet off this machine.
 NETNS     := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: all run test unit lint bench fuzz soak deps venv wheels install install.server \
+.PHONY: all run test unit lint bench profile fuzz soak deps venv wheels install install.server \
         install.clients install.man install.venv initfiles uninstall uninstall.server \
         uninstall.man deb clean
 
@@ -60,6 +60,11 @@ bench: venv
 	scripts/install-deps bench
 	$(NETNS) $(PY) scripts/bench.py
 	$(PY) scripts/bench_rules.py
+
+## profile: one worker under cProfile, the benchmark's sequential load: calls per session
+profile: venv
+	scripts/install-deps bench
+	$(NETNS) $(PY) scripts/profile_session.py
 
 ## fuzz: every parser under a coverage-guided fuzzer (atheris), FUZZ_SECONDS each
 FUZZ_SECONDS ?= 60

@@ -32,9 +32,9 @@ until the workers are gone, then each leaves with its last tunnel; INT and
 the end of --grace cut their tunnels (SIGINT, each tunnel writes its closing
 line) along with the workers' sessions, within the same CUT_WAIT.
 
-A worker exiting with EXIT_BOOT_ERROR means workers cannot start at all (a
-bad --user, say): the master stops with exit status 3 rather than fork again
-and again.  The scoreboard slots of the workers are written by the master
+A worker or relay process exiting with EXIT_BOOT_ERROR means such processes
+cannot start at all (a bad --user, say): the master stops with exit status 3
+rather than fork again and again.  The scoreboard slots of the workers are written by the master
 only at spawn and reap.
 """
 
@@ -292,6 +292,8 @@ class Master:
 
     def reap_worker(self, pid: int, status: int) -> None:
         if self.fleet is not None and self.fleet.reap(pid, status):
+            if self.fleet.failed:   # a relay process could not start: nor will the next
+                self.halt(EXIT_WORKERS_FAILED)
             return  # a relay process: its successor is forked on the tick
         if pid not in self.workers:
             log.debug("reaped pid %d, not a worker", pid)  # a shell hook's child, say

@@ -41,7 +41,7 @@ from sockd.handoff import HandoffError, Tunnel
 from sockd.scoreboard import Scoreboard
 from sockd.session import log_end
 from sockd.settings import Settings
-from sockd.worker import HELD_AT_FORK, drop_privileges
+from sockd.worker import EXIT_BOOT_ERROR, HELD_AT_FORK, drop_privileges
 
 log = logging.getLogger("sockd")
 
@@ -127,9 +127,18 @@ class RelayProcess:
     # -- life of the child ------------------------------------------------------
 
     def run(self) -> None:
+        """Runs in the child: boot, relay, exit.  Never returns.  Exit codes are the
+        workers' protocol with the master (sockd.worker): EXIT_BOOT_ERROR when the process
+        could not become a relay process, and then the master stops instead of forking
+        its successor at every tick."""
         code = 0
         try:
-            self.init_process()
+            try:
+                self.init_process()
+            except Exception as exc:
+                log.error("error -- relay process cannot start: %s", exc)
+                code = EXIT_BOOT_ERROR
+                return
             self.serve_forever()
         except BaseException as exc:  # noqa: BLE001 - must never unwind into the master
             log.error("error -- relay process %d stopped by %s: %s", os.getpid(),
@@ -358,6 +367,7 @@ class Fleet:
         handoff.lanes = self.lanes          # every worker forked from here on inherits them
         self.pids: dict[int, int] = {}      # pid -> lane
         self.stopping = False
+        self.failed = False                 # one could not start: the server must stop
 
     def spawn_missing(self) -> None:
         """Fork a relay process for every lane without one (not once stopping)."""
@@ -376,7 +386,8 @@ class Fleet:
 
     def reap(self, pid: int, status: int) -> bool:
         """The relay process *pid* has exited: free its lane's slots; False when *pid*
-        is not one of ours.  The tick forks its successor."""
+        is not one of ours.  The tick forks its successor, unless it could not start
+        (`failed`: the master stops the server)."""
         lane = self.pids.pop(pid, None)
         if lane is None:
             return False
@@ -385,6 +396,9 @@ class Fleet:
         if os.WIFSIGNALED(status):
             log.error("error -- relay process %d killed by signal %d (%d tunnels lost)", pid,
                       os.WTERMSIG(status), lost)
+        elif os.WEXITSTATUS(status) == EXIT_BOOT_ERROR:
+            log.error("error -- relay process %d could not start; stopping the server", pid)
+            self.failed = self.stopping = True
         elif os.WEXITSTATUS(status) != 0:
             log.error("error -- relay process %d exited with status %d (%d tunnels lost)",
                       pid, os.WEXITSTATUS(status), lost)

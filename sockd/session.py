@@ -187,7 +187,7 @@ class Session:
         self.connect_deadline = 0.0
         self.unsent = b""   # handshake replies held back to go out with the next ones
         self._story: str | None = None
-        self._dest: str | None = None
+        self._dest: tuple[Request, str] | None = None
         self.handshake.feed(self.preread)
         self._head = self.preread[:len(SIGNATURE_V2)]  # the client's first bytes
 
@@ -480,10 +480,11 @@ class Session:
         return story
 
     def dest(self) -> str:
-        """The destination as the client asked for it, HOST:PORT (host names escaped)."""
-        if self._dest is None:
-            self._dest = format_host(self.request.host, self.request.port)
-        return self._dest
+        """The destination as the client asked for it, HOST:PORT (host names escaped);
+        made once a request (a UDP association judges one request per destination)."""
+        if self._dest is None or self._dest[0] is not self.request:
+            self._dest = self.request, format_host(self.request.host, self.request.port)
+        return self._dest[1]
 
     def _resolve(self, name: str) -> resolver.IPAddress:
         """The address of the requested name, looked up once, under the connect deadline.
@@ -513,10 +514,18 @@ class Session:
         """
         if self.request.command != Command.CONNECT:
             return
+        why = self._target_refusal(address)
+        if why is not None:
+            self._refuse(why)
+
+    def _target_refusal(self, address: resolver.IPAddress) -> str | None:
+        """Why no rule may let traffic go to *address* (CONNECT, a datagram): this host's
+        "any" address, or one of our own listeners; None when neither."""
         if destination.means_this_host(address):
-            self._refuse("destination means this host")
+            return "destination means this host"
         if self.reaches_own_listener(address):
-            self._refuse("destination is a listener of this server")
+            return "destination is a listener of this server"
+        return None
 
     def reaches_own_listener(self, address: resolver.IPAddress) -> bool:
         """Would connecting to *address* at the requested port reach one of our listeners:
@@ -883,11 +892,8 @@ class Session:
         return self.target
 
     def _check_datagram_target(self) -> None:
-        """_check_target() for a datagram's destination."""
-        if destination.means_this_host(self.target):
-            log.info("refused -- %s. Error: destination means this host", self.story())
-            raise DestinationRefused
-        if self.reaches_own_listener(self.target):
-            log.info("refused -- %s. Error: destination is a listener of this server",
-                     self.story())
+        """_check_target() for a datagram's destination: refused with its line, no reply."""
+        why = self._target_refusal(self.target)
+        if why is not None:
+            log.info("refused -- %s. Error: %s", self.story(), why)
             raise DestinationRefused
