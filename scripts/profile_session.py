@@ -8,7 +8,8 @@ without the profiler, and the functions that cost most under the profiler.  Like
 benchmark, it runs as root inside a private network namespace where only loopback
 exists (`make profile`), talks to 127.0.0.1 only, and stops its servers by process group.
 
-Usage: scripts/profile_session.py [--seconds S] [--top N] [SOCKD OPTION ...]
+Usage: scripts/profile_session.py [--seconds S] [--top N] [--cpu-only] [SOCKD OPTION ...]
+e.g. --cpu-only --min-spare 2 --max-spare 2 --max-workers 2 (CPU of every worker counted)
 """
 
 import argparse
@@ -47,14 +48,17 @@ sys.exit(main())
 """
 
 
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    fields = bench._read_stat(pid)
-    return int(fields[11]), int(fields[12])
+def cpu_ticks(pids: list[int]) -> tuple[int, int]:
+    """User and system clock ticks of *pids*, added up."""
+    stats = [bench._read_stat(pid) or [0] * 13 for pid in pids]
+    return sum(int(f[11]) for f in stats), sum(int(f[12]) for f in stats)
 
 
 def run_load(workdir: Path, tool: Path, echo: int, seconds: float, options: list[str],
              profile_to: Path | None, sessions: int) -> dict[str, float]:
-    """One sockd with a pool of one worker, the sequential load through it."""
+    """One sockd (a pool of one worker, unless *options* say otherwise), the sequential
+    load through it.  The profile, when asked for, is of the first worker to serve
+    *sessions* sessions."""
     conf = workdir / "sockd.conf"
     conf.write_text(bench.SOCKD_RULES)
     port = bench.free_port()
@@ -74,12 +78,12 @@ def run_load(workdir: Path, tool: Path, echo: int, seconds: float, options: list
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("profile_session: sockd did not start")
             time.sleep(0.2)
-        worker = next(pid for pid in bench.tree(proc.pid)
-                      if (bench._read_stat(pid) or ["", ""])[1] == str(proc.pid))
-        before = cpu_ticks(worker), cpu_ticks(proc.pid)
+        workers = [pid for pid in bench.tree(proc.pid)
+                   if (bench._read_stat(pid) or ["", ""])[1] == str(proc.pid)]
+        before = cpu_ticks(workers), cpu_ticks([proc.pid])
         result = bench.run_tool(tool, ["seq", str(port), str(echo), "0.5", str(seconds)],
                                 seconds + 60)
-        after = cpu_ticks(worker), cpu_ticks(proc.pid)
+        after = cpu_ticks(workers), cpu_ticks([proc.pid])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=6.0, help="length of each load (6)")
     p.add_argument("--top", type=int, default=25, help="functions to list (25)")
+    p.add_argument("--cpu-only", action="store_true",
+                   help="the run without the profiler only (to compare pools or options)")
     args, options = p.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="sockd-profile.") as tmp:
         workdir = Path(tmp)
@@ -103,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             echo = int(servers.stdout.readline().split()[1])
             plain = run_load(workdir, tool, echo, args.seconds, options, None, 0)
+            if args.cpu_only:
+                print(f"sequential: {plain['rate']:.0f} sessions/s; per session: workers "
+                      f"{plain['user']:.0f} us user + {plain['sys']:.0f} us system, master "
+                      f"{plain['master']:.0f} us")
+                return 0
             sessions = max(100, int(plain["total"] // 3))
             out = workdir / "worker.prof"
             profiled = run_load(workdir, tool, echo, args.seconds, options, out, sessions)
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"profile_session: fewer than {sessions} sessions under the "
                              f"profiler ({profiled['total']:.0f})")
         stats = pstats.Stats(str(out))
-        print(f"sequential, one worker: {plain['rate']:.0f} sessions/s; per session: worker "
+        print(f"sequential: {plain['rate']:.0f} sessions/s; per session: workers "
               f"{plain['user']:.0f} us user + {plain['sys']:.0f} us system, master "
               f"{plain['master']:.0f} us; {stats.total_calls / sessions:.0f} Python calls "
               f"(cProfile, {sessions} sessions)")
