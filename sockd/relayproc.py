@@ -41,7 +41,7 @@ from sockd.handoff import HandoffError, Tunnel
 from sockd.scoreboard import Scoreboard
 from sockd.session import log_end
 from sockd.settings import Settings
-from sockd.worker import EXIT_BOOT_ERROR, HELD_AT_FORK, drop_privileges
+from sockd.worker import EXIT_BOOT_ERROR, HELD_AT_FORK, drop_privileges, run_child
 
 log = logging.getLogger("sockd")
 
@@ -127,26 +127,8 @@ class RelayProcess:
     # -- life of the child ------------------------------------------------------
 
     def run(self) -> None:
-        """Runs in the child: boot, relay, exit.  Never returns.  Exit codes are the
-        workers' protocol with the master (sockd.worker): EXIT_BOOT_ERROR when the process
-        could not become a relay process, and then the master stops instead of forking
-        its successor at every tick."""
-        code = 0
-        try:
-            try:
-                self.init_process()
-            except Exception as exc:
-                log.error("error -- relay process cannot start: %s", exc)
-                code = EXIT_BOOT_ERROR
-                return
-            self.serve_forever()
-        except BaseException as exc:  # noqa: BLE001 - must never unwind into the master
-            log.error("error -- relay process %d stopped by %s: %s", os.getpid(),
-                      type(exc).__name__, exc)
-            code = 1
-        finally:
-            logging.shutdown()
-            os._exit(code)
+        """Runs in the child: boot, relay, exit (sockd.worker.run_child).  Never returns."""
+        run_child("relay process", self.init_process, self.serve_forever)
 
     def init_process(self) -> None:
         """Runs in the child: signals, what is not ours closed, privileges, epoll, title."""

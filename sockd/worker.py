@@ -8,9 +8,9 @@ connection from a trusted load balancer (--proxy-protocol) is judged by the
 client address its PROXY header names, read first (sockd.balancer).
 `Worker.__init__` runs in the master before fork and only stores values;
 everything process-wide happens in `init_process`, in the child.  Exit codes
-are a protocol with the master: EXIT_OK after a normal retirement,
-EXIT_BOOT_ERROR when the worker could not become a worker (the master then
-halts instead of forking again and again).
+are a protocol with the master (`run_child`, which the relay processes share):
+EXIT_OK after a normal retirement, EXIT_BOOT_ERROR when the worker could not
+become a worker (the master then halts instead of forking again and again).
 """
 
 import errno
@@ -22,6 +22,8 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
 from sockd import balancer, hooks, proctitle
 from sockd.failures import LoginFailures
@@ -61,6 +63,32 @@ def drop_privileges(user: str | None) -> None:
         group = grp.getgrgid(os.getegid()).gr_name
         raise PermissionError(f"cannot become user {user} when running as uid "
                               f"{os.geteuid()} (group {group})")
+
+
+def run_child(what: str, boot: Callable[[], None], serve: Callable[[], None]) -> NoReturn:
+    """The life of a child the master forked (a worker, a relay process): *boot*, then
+    *serve*, then exit, without ever unwinding into the master's code.
+
+    The exit code is the protocol with the master: EXIT_OK after *serve* returns,
+    EXIT_BOOT_ERROR when *boot* failed (the next one would fail the same way: the master
+    stops instead of forking again and again), 1 when *serve* raised.  Each failure is one
+    log line.
+    """
+    code = EXIT_OK
+    try:
+        try:
+            boot()
+        except Exception as exc:
+            log.error("error -- %s cannot start: %s", what, exc)
+            code = EXIT_BOOT_ERROR
+            return
+        serve()
+    except BaseException as exc:  # noqa: BLE001 - a child must never unwind into the master
+        log.error("error -- %s %d stopped by %s: %s", what, os.getpid(), type(exc).__name__, exc)
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
 
 
 class Reports:
@@ -111,22 +139,7 @@ class Worker(Status):
 
     def run(self) -> None:
         """Runs in the child: boot, serve, exit.  Never returns."""
-        code = EXIT_OK
-        try:
-            try:
-                self.init_process()
-            except Exception as exc:
-                log.error("error -- worker cannot start: %s", exc)
-                code = EXIT_BOOT_ERROR
-                return
-            self.serve_forever()
-        except BaseException as exc:  # noqa: BLE001 - a worker must never unwind into the master
-            log.error("error -- worker %d stopped by %s: %s", os.getpid(),
-                      type(exc).__name__, exc)
-            code = 1
-        finally:
-            logging.shutdown()
-            os._exit(code)
+        run_child("worker", self.init_process, self.serve_forever)
 
     def init_process(self) -> None:
         """Runs in the child: signals, privileges, the wait set, the title."""
