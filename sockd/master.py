@@ -232,7 +232,6 @@ class Master:
             self.halt(EXIT_OK)
             return
         log.info("stopping now -- letting no session finish")
-        log.info("stopping now -- letting no session finish")
         self.notifier.send("STOPPING=1", "STATUS=cutting sessions")
         if self.stop_deadline is None:
             self.close_listeners()

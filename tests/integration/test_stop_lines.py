@@ -31,6 +31,7 @@ def test_int_cuts_each_session_with_its_closing_line(sockd, echo_server):
     server.signal(signal.SIGINT)
     assert server.proc.wait(5) == 0
     assert len(server.lines(CLOSING % echo_server)) == 2, server.log()
+    assert len(server.lines(r"stopping now -- letting no session finish")) == 1, server.log()
     for s in sessions:
         s.settimeout(5)
         assert s.recv(10) == b""
