@@ -42,6 +42,7 @@ from sockd.grammar import (
     ConfigError,
     FieldError,
     IPAddress,
+    Located,
     NamePattern,
     PortTest,
 )
@@ -83,7 +84,7 @@ class Server:
 
 
 @dataclass(frozen=True)
-class Line:
+class Line(Located):
     """One line of socks.conf.  ``servers`` empty means the default server (``SOCKS_SERVER``);
     ``users`` None means any user; ``port`` None any port."""
 
@@ -98,10 +99,6 @@ class Line:
     file: str
     line: int
     text: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,19 @@ class ConfigError(Exception):
         return (type(self), (self.file, self.line, self.message))
 
 
+class Located:
+    """A line of one of these files that knows where it was read: its ``file`` and ``line``
+    (fields of the dataclass that inherits this)."""
+
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        """``FILE:LINE``, as log lines and test_sockd_conf name a rule."""
+        return f"{self.file}:{self.line}"
+
+
 class FieldError(Exception):
     """A bad field; the loader turns it into a `ConfigError` with the file and line."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sockd.grammar import Located
 from sockd.rules import (
     MAX_LINE,
     AddressMatch,
@@ -32,7 +33,7 @@ from sockd.rules import (
 
 
 @dataclass(frozen=True)
-class Route:
+class Route(Located):
     """One line: reach destinations matching ``dst`` from local address ``interface``."""
 
     interface: IPAddress
@@ -40,10 +41,6 @@ class Route:
     file: str
     line: int
     text: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
 
 
 class RouteTable:

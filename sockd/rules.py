@@ -47,6 +47,7 @@ from sockd.grammar import (
     ConfigError,
     FieldError,
     IPAddress,
+    Located,
     NamePattern,
     PortTest,
     Resolver,
@@ -112,7 +113,7 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Rule:
+class Rule(Located):
     """One rule line.  ``users`` None means any user; ``commands`` None means every command;
     ``dst`` None means any destination; ``port`` None means any port."""
 
@@ -131,16 +132,12 @@ class Rule:
     index: int = 0                               # position in the ruleset
 
     @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-    @property
     def allows(self) -> bool:
         return self.action == "allow"
 
 
 @dataclass(frozen=True)
-class SpecialLine:
+class SpecialLine(Located):
     """A ``#NO_IDENTD:`` or ``#BAD_ID:`` line: the command to run when identd cannot be reached or
     names another user.  Same attribute names as `Rule` for the command and its place."""
 
@@ -149,10 +146,6 @@ class SpecialLine:
     file: str
     line: int
     text: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
 
 
 class SourceVerdict(enum.Enum):
