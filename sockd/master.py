@@ -54,7 +54,7 @@ from sockd.notify import Notifier
 from sockd.passwords import PasswordTable
 from sockd.scoreboard import Scoreboard, ScoreboardError, Slot, State
 from sockd.settings import Settings
-from sockd.worker import EXIT_BOOT_ERROR, HELD_AT_FORK, Worker
+from sockd.worker import EXIT_BOOT_ERROR, Worker, fork_child
 
 log = logging.getLogger("sockd")
 
@@ -268,13 +268,7 @@ class Master:
         self.board.claim(index, 0, self.generation)
         worker = Worker(index, self.generation, self.listeners, self.settings, self.rules,
                         self.board, self.passwords, self.failures)
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_FORK)
-        try:
-            pid = os.fork()
-            if pid == 0:
-                worker.run()  # never returns; releases the signals once its handlers are set
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        pid = fork_child(worker.run)
         self.board.set_pid(index, pid)
         self.workers[pid] = (index, self.generation)
         return True

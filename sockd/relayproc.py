@@ -34,6 +34,7 @@ import select
 import signal
 import socket
 import time
+from typing import NoReturn
 
 from sockd import handoff, proctitle, relay
 from sockd import log as sockd_log
@@ -41,7 +42,13 @@ from sockd.handoff import HandoffError, Tunnel
 from sockd.scoreboard import Scoreboard
 from sockd.session import log_end
 from sockd.settings import Settings
-from sockd.worker import EXIT_BOOT_ERROR, HELD_AT_FORK, drop_privileges, run_child
+from sockd.worker import (
+    EXIT_BOOT_ERROR,
+    HELD_AT_FORK,
+    drop_privileges,
+    fork_child,
+    run_child,
+)
 
 log = logging.getLogger("sockd")
 
@@ -126,7 +133,7 @@ class RelayProcess:
 
     # -- life of the child ------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> NoReturn:
         """Runs in the child: boot, relay, exit (sockd.worker.run_child).  Never returns."""
         run_child("relay process", self.init_process, self.serve_forever)
 
@@ -357,14 +364,7 @@ class Fleet:
             return
         for lane in sorted(set(range(len(self.lanes.receive_ends))) - set(self.pids.values())):
             process = RelayProcess(lane, self.lanes, self.settings, self.board, self.listeners)
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_FORK)
-            try:
-                pid = os.fork()
-                if pid == 0:
-                    process.run()   # never returns; releases the signals once its handlers are set
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            self.pids[pid] = lane
+            self.pids[fork_child(process.run)] = lane
 
     def reap(self, pid: int, status: int) -> bool:
         """The relay process *pid* has exited: free its lane's slots; False when *pid*

@@ -65,6 +65,20 @@ def drop_privileges(user: str | None) -> None:
                               f"{os.geteuid()} (group {group})")
 
 
+def fork_child(run: Callable[[], NoReturn]) -> int:
+    """Fork; the child calls *run* (which never returns), the master gets its pid.  The
+    signals of HELD_AT_FORK are held across the fork: the child releases them once its own
+    handlers are in place."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_FORK)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            run()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return pid
+
+
 def run_child(what: str, boot: Callable[[], None], serve: Callable[[], None]) -> NoReturn:
     """The life of a child the master forked (a worker, a relay process): *boot*, then
     *serve*, then exit, without ever unwinding into the master's code.
@@ -137,7 +151,7 @@ class Worker(Status):
 
     # -- life of the child ----------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> NoReturn:
         """Runs in the child: boot, serve, exit.  Never returns."""
         run_child("worker", self.init_process, self.serve_forever)
 
