@@ -135,24 +135,10 @@ class TelnetClient:
     # -- asking --------------------------------------------------------------------------------
 
     def _ask_him(self, option: int, enable: bool) -> bytes:
-        q = self.him.get(option, Q.NO)
-        if enable and q is Q.NO:
-            self.him[option] = Q.WANTYES
-            return bytes((IAC, DO, option))
-        if not enable and q is Q.YES:
-            self.him[option] = Q.WANTNO
-            return bytes((IAC, DONT, option))
-        return b""
+        return _ask(self.him, option, enable, DO, DONT)
 
     def _ask_us(self, option: int, enable: bool) -> bytes:
-        q = self.us.get(option, Q.NO)
-        if enable and q is Q.NO:
-            self.us[option] = Q.WANTYES
-            return bytes((IAC, WILL, option))
-        if not enable and q is Q.YES:
-            self.us[option] = Q.WANTNO
-            return bytes((IAC, WONT, option))
-        return b""
+        return _ask(self.us, option, enable, WILL, WONT)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -302,6 +288,20 @@ class TelnetClient:
         output it threw away ends, and we drop what comes before it (`flushing`)."""
         self.flushing = True
         return bytes((IAC, DO, TM))
+
+
+def _ask(table: dict[int, Q], option: int, enable: bool, yes: int, no: int) -> bytes:
+    """RFC 1143: ask to turn *option* on or off on one side (*table*: his or ours), with that
+    side's verbs (DO/DONT for his, WILL/WONT for ours); nothing when the option is already
+    so or a question about it is pending."""
+    q = table.get(option, Q.NO)
+    if enable and q is Q.NO:
+        table[option] = Q.WANTYES
+        return bytes((IAC, yes, option))
+    if not enable and q is Q.YES:
+        table[option] = Q.WANTNO
+        return bytes((IAC, no, option))
+    return b""
 
 
 def quote(data: bytes) -> bytes:
