@@ -12,7 +12,7 @@ full is skipped, and when every lane is, the worker relays the session itself.
 
 import json
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 _RECORD_MAX = 1 << 16       # bytes of one record: the story and the pending bytes fit
 
@@ -48,22 +48,31 @@ class Tunnel:
     pending: bytes = b""
 
 
+_FIELDS = tuple(field.name for field in fields(Tunnel))
+_SOURCE, _PENDING = _FIELDS.index("source"), _FIELDS.index("pending")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(tunnel: Tunnel) -> bytes:
-    """The record as one datagram."""
-    fields = asdict(tunnel)
-    fields["source"] = tunnel.source.hex()
-    fields["pending"] = tunnel.pending.decode("latin-1")
-    return json.dumps(fields, separators=(",", ":")).encode()
+    """The record as one datagram: the fields in order, as a JSON array (the two bytes
+    fields as hexadecimal and as Latin-1 text).  Every hand-off pays for it: a flat list,
+    not dataclasses.asdict() (a deep copy of the record)."""
+    values = [getattr(tunnel, name) for name in _FIELDS]
+    values[_SOURCE] = tunnel.source.hex()
+    values[_PENDING] = tunnel.pending.decode("latin-1")
+    return _ENCODER.encode(values).encode()
 
 
 def decode(data: bytes) -> Tunnel:
     """The record from a datagram; raises HandoffError when it is not one."""
     try:
-        fields = json.loads(data)
-        fields["source"] = bytes.fromhex(fields["source"])
-        fields["pending"] = fields["pending"].encode("latin-1")
-        return Tunnel(**fields)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        values = json.loads(data)
+        if not isinstance(values, list) or len(values) != len(_FIELDS):
+            raise ValueError(f"not a list of {len(_FIELDS)} fields")
+        values[_SOURCE] = bytes.fromhex(values[_SOURCE])
+        values[_PENDING] = values[_PENDING].encode("latin-1")
+        return Tunnel(*values)
+    except (ValueError, TypeError, AttributeError) as exc:
         raise HandoffError(f"a broken record ({exc})") from None
 
 

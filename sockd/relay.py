@@ -375,8 +375,8 @@ def _run(up: _Direction, down: _Direction, idle_timeout: float,
          on_tick: Callable[[], bool] | None, client: socket.socket,
          server: socket.socket) -> str:
     """The loop proper: wait for readiness, splice, pass half-closes on."""
-    now = time.monotonic()
-    last_activity = next_tick = now
+    now = last_activity = time.monotonic()
+    next_tick = now + TICK      # the first wait blocks: a short session never ticks
     directions = (up, down)
     while not (up.done and down.done):
         readers = [d.src for d in directions if d.wants_read]
