@@ -48,9 +48,15 @@ Metrics (doc/benchmarks.md says more):
                     (--proxy-protocol), each with half of the one sockd's pool:
                     one line under the table, with the ratio to one sockd
                     reached directly, so that the balancer hop has a price.
+  Python floor      the handshakes again, through scripts/floor_socks.py: the
+                    least a Python SOCKS5 server does for that session (no
+                    rules, log, titles or scoreboard), prefork (as many
+                    processes as sockd's pool starts with) and event-driven
+                    (one process per CPU).  Lines under the table, with the
+                    ratio to Dante, so that what sockd's own work costs shows.
 
 Targets: direct, sockd (--relay worker, the default), shared (sockd --relay
-shared), dante and haproxy.
+shared), dante, haproxy and floor (not in the default list).
 
 Each handshake test runs --repeat times (default 2), each throughput test
 --stream-repeat times (default 3), and the best run counts: on a shared
@@ -58,7 +64,7 @@ machine, anything else running only ever makes a run slower.
 
 Usage: scripts/bench.py [--markdown] [--duration S] [--warmup S] [--clients N]
                         [--bytes N] [--repeat N] [--stream-repeat N]
-                        [--targets direct,sockd,shared,dante,haproxy]
+                        [--targets direct,sockd,shared,dante,haproxy,floor]
                         [--tests handshakes,throughput,ftp] [--tunnels N,N] [--keep]
 """
 
@@ -1051,6 +1057,16 @@ def start_haproxy(procs: Processes, workdir: Path, servers: Servers,
     return started, port
 
 
+def start_floor(procs: Processes, servers: Servers, model: str,
+                count: int) -> tuple[Started, int]:
+    """scripts/floor_socks.py in *model*, *count* processes (it relays to loopback only)."""
+    port = free_port()
+    started = procs.start(f"floor {model}", [PYTHON, str(ROOT / "scripts" / "floor_socks.py"),
+                                             model, str(port), str(count)])
+    wait_until("working CONNECT", lambda: socks5_connect_ok(port, servers.echo), started, 30)
+    return started, port
+
+
 def start_dante(procs: Processes, workdir: Path, servers: Servers) -> tuple[Started, int]:
     if not os.access(DANTED, os.X_OK):
         raise BenchError(f"no {DANTED}: install dante-server (scripts/install-deps bench)")
@@ -1297,7 +1313,10 @@ ROWS = [
     ("errors", "client errors", "{:.0f}"),
 ]
 COLUMNS = ("direct", "sockd", "shared", "dante")
-TARGETS = (*COLUMNS, "haproxy")
+TARGETS = (*COLUMNS, "haproxy", "floor")
+DEFAULT_TARGETS = (*COLUMNS, "haproxy")
+# scripts/floor_socks.py: its two process models, and how many processes each runs.
+FLOOR_MODELS = (("prefork", SOCKD_IDLE_WANTED), ("event", os.cpu_count() or 1))
 HEADERS = ("metric", "direct", "sockd", "shared", "Dante", "sockd/Dante", "shared/Dante",
            "sockd/direct", "shared/direct")
 RATIOS = (("sockd", "dante"), ("shared", "dante"), ("sockd", "direct"), ("shared", "direct"))
@@ -1343,6 +1362,25 @@ def balancer_line(results: dict[str, Result], opts: Options) -> str | None:
         parts.append(f"{what} {value:.0f}/s{ratio}")
     return ("through HAProxy (send-proxy-v2) to 2 sockd: handshakes/s " + "; ".join(parts)
             + f"; {balanced.errors} client errors")
+
+
+def floor_lines(results: dict[str, Result]) -> list[str]:
+    """The handshakes through scripts/floor_socks.py, with their ratios to Dante."""
+    dante = results["dante"].values if "dante" in results else {}
+    lines = []
+    for model, count in FLOOR_MODELS:
+        floor = results.get(f"floor-{model}")
+        if floor is None:
+            continue
+        v = floor.values
+        parts = []
+        for key, what in (("seq", "sequential"), ("conc", "concurrent")):
+            ratio = f" ({v[key] / dante[key]:.2f} x Dante)" if dante.get(key) else ""
+            parts.append(f"{what} {v[key]:.0f}/s{ratio}, {v[key + '_cpu']:.0f} us CPU each")
+        parts.append(f"concurrent p99 {v['conc_p99']:.2f} ms")
+        lines.append(f"Python floor, {model} ({count} processes): " + "; ".join(parts)
+                     + f"; {floor.errors} client errors")
+    return lines
 
 
 def text_table(rows: list[list[str]]) -> str:
@@ -1433,7 +1471,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="runs of each throughput test; the best counts (default 3)")
     p.add_argument("--server-procs", type=int, default=2,
                    help="processes of the echo/discard/source servers (default 2)")
-    p.add_argument("--targets", default=",".join(TARGETS),
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma-separated subset of {','.join(TARGETS)} (haproxy: the "
                         "handshakes through HAProxy to two sockd)")
     p.add_argument("--tests", default=",".join(TESTS),
@@ -1539,6 +1577,16 @@ def main(argv: list[str] | None = None) -> int:
                     opts, tests=frozenset({"handshakes"})))
                 for started in (balancer, *(b for b, _ in backends)):
                     procs.stop(started)
+            elif target == "floor":
+                if "handshakes" not in opts.tests:
+                    continue
+                for model, count in FLOOR_MODELS:
+                    say(f"Python floor: starting floor_socks.py {model}, {count} processes")
+                    floor, port = start_floor(procs, servers, model, count)
+                    results[f"floor-{model}"] = measure(tool, servers, floor, port,
+                                                        dataclasses.replace(
+                                                            opts, tests=frozenset({"handshakes"})))
+                    procs.stop(floor)
             elif target == "dante":
                 say("Dante: starting")
                 dante, port = start_dante(procs, workdir, servers)
@@ -1573,15 +1621,15 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print()
     print(text_table(rows))
-    balanced = balancer_line(results, opts)
-    if balanced:
-        print(balanced)
+    notes = [line for line in [balancer_line(results, opts), *floor_lines(results)] if line]
+    for line in notes:
+        print(line)
     if args.markdown:
         print()
         print(markdown_table(rows))
-        if balanced:
+        for line in notes:
             print()
-            print(balanced)
+            print(line)
     total = sum(r.errors for r in results.values())
     say(f"done in {time.monotonic() - began:.0f} s" +
         (f"; {total} client errors (see the table)" if total else ""))

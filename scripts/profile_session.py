@@ -8,7 +8,8 @@ without the profiler, and the functions that cost most under the profiler.  Like
 benchmark, it runs as root inside a private network namespace where only loopback
 exists (`make profile`), talks to 127.0.0.1 only, and stops its servers by process group.
 
-Usage: scripts/profile_session.py [--seconds S] [--top N] [--cpu-only] [SOCKD OPTION ...]
+Usage: scripts/profile_session.py [--seconds S] [--top N] [--cpu-only] [--save FILE]
+       [SOCKD OPTION ...]
 e.g. --cpu-only --min-spare 2 --max-spare 2 --max-workers 2 (CPU of every worker counted)
 """
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25, help="functions to list (25)")
     p.add_argument("--cpu-only", action="store_true",
                    help="the run without the profiler only (to compare pools or options)")
+    p.add_argument("--save", metavar="FILE", help="keep the profile (pstats) in FILE")
     args, options = p.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="sockd-profile.") as tmp:
         workdir = Path(tmp)
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"profile_session: fewer than {sessions} sessions under the "
                              f"profiler ({profiled['total']:.0f})")
         stats = pstats.Stats(str(out))
+        if args.save:
+            stats.dump_stats(args.save)
         print(f"sequential: {plain['rate']:.0f} sessions/s; per session: workers "
               f"{plain['user']:.0f} us user + {plain['sys']:.0f} us system, master "
               f"{plain['master']:.0f} us; {stats.total_calls / sessions:.0f} Python calls "
