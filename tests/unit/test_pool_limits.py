@@ -6,6 +6,8 @@ import ipaddress
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sockd import cli
 from sockd.master import census
@@ -48,6 +50,36 @@ def test_sessions_from_counts_negotiating_and_relaying_slots():
     board.set_request(1, "alice", "connect 127.0.0.1:80 (http)")      # relaying counts too
     assert board.read(1).state == State.RELAYING
     assert board.sessions_from(key("10.0.0.1")) == 2
+
+
+@given(st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.1.1", "11.0.0.1", "::1",
+                                            "2001:db8::101", "10.0.0.2"]),
+                          st.sampled_from(["idle", "negotiating", "relaying", "tunnel"])),
+                max_size=24),
+       st.sampled_from(["10.0.0.1", "10.0.1.1", "::1", "2001:db8::101", "10.0.0.9"]))
+def test_sessions_from_agrees_with_a_count_by_hand(slots, asked):
+    """Clients that share the key's last byte, idle slots that still hold a key, tunnels:
+    whatever the scan skips, the count is the one a plain look at every slot gives."""
+    board = Scoreboard(len(slots) + 1, lanes=1, per_lane=len(slots) + 1)
+    expected = 0
+    tunnels = 0
+    for index, (client, what) in enumerate(slots):
+        if what == "tunnel":
+            board.hold_tunnel(board.lane(0).start + tunnels, 300, 1.0, key(client), client,
+                              "-", "connect 127.0.0.1:7 (echo)", 0)
+            tunnels += 1
+            board.set_high_water(0, tunnels)
+        else:
+            board.claim(index, 0, 1)
+            board.set_pid(index, 100 + index)
+            board.set_state(index, State.IDLE)
+            board.begin_session(index, 1, 1.0, client, key(client))
+            if what == "idle":
+                board.end_session(index, 2.0, 0, 0)
+            elif what == "relaying":
+                board.set_request(index, "-", "connect 127.0.0.1:7 (echo)")
+        expected += what != "idle" and key(client) == key(asked)
+    assert board.sessions_from(key(asked)) == expected
 
 
 def test_a_session_that_ends_or_is_withdrawn_no_longer_counts():
