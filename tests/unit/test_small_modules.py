@@ -128,3 +128,53 @@ print(open({str(disk / "sockd.log")!r}).read())
     assert re.search(r"sockd\[\d+\]: error -- \d+ log lines lost \(No space left on device\)$",
                      lines[0]), lines
     assert lines[1].endswith("after the gap")
+
+
+@pytest.mark.parametrize("where", ["file", "stderr", "syslog"])
+def test_the_quick_info_path_writes_what_the_logging_module_writes(tmp_path, where):
+    """sockd.log gives the logger a quicker info() for the session lines: for each handler,
+    a line made that way is byte for byte the line logging.Logger.info() makes (the time
+    stamp aside), and a call the quick path does not cover (exc_info) takes the general
+    path.  In a child process: the logger's set-up stays out of the other tests."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    target = {"file": str(tmp_path / "sockd.log"), "stderr": "stderr", "syslog": "syslog"}[where]
+    script = f"""
+import logging, os, socket, sys
+sys.path.insert(0, {str(root)!r})
+from sockd import log
+address = {str(tmp_path / "dev-log")!r}
+inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+inbox.bind(address)
+log.configure({target!r}, syslog_address=address)
+logger = logging.getLogger("sockd")
+assert logger.info is log._info
+for say in (logger.info, lambda *a: logging.Logger.info(logger, *a)):
+    say("connected -- %s rule=%s:%d", "Connect from -(unknown)@127.0.0.2:5 caf\\xe9", "/c", 7)
+    say("plain line, no arguments")
+    say("%(who)s by name", {{"who": "alice"}})
+logger.info("with a traceback", exc_info=(ValueError, ValueError("boom"), None))
+inbox.setblocking(False)
+try:
+    while True:
+        sys.stdout.write(repr(inbox.recv(4096)) + "\\n")
+except BlockingIOError:
+    pass
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    if where == "file":
+        lines = (tmp_path / "sockd.log").read_text().splitlines()
+    elif where == "stderr":
+        lines = done.stderr.splitlines()
+    else:
+        lines = done.stdout.splitlines()
+    assert len(lines) >= 7, lines
+    if where != "syslog":
+        lines = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "STAMP ", line) for line in lines]
+    assert lines[:3] == lines[3:6] and "alice by name" in lines[2] and "caf" in lines[0]
+    assert "with a traceback" in lines[6] and "ValueError: boom" in "\n".join(lines[6:])
