@@ -258,12 +258,13 @@ def configure(where: str, *, syslog_address: str = "/dev/log",
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
-    _fast[0] = handler
+    global _configured
+    _configured = handler
     log.info = _info        # see _info: the instance's own info(), for every module's `log`
     return handler
 
 
-_fast: list[logging.Handler | None] = [None]    # the handler configure() gave the logger
+_configured: logging.Handler | None = None      # the handler configure() gave the logger
 
 
 def _info(msg: str, *args, **kwargs) -> None:
@@ -277,7 +278,7 @@ def _info(msg: str, *args, **kwargs) -> None:
     Anything else the logger might be asked for (another handler, a filter, propagation,
     exc_info or extra) takes the general path.
     """
-    handler = _fast[0]
+    handler = _configured
     if kwargs or log.propagate or log.filters or len(log.handlers) != 1 \
             or log.handlers[0] is not handler:
         logging.Logger.info(log, msg, *args, **kwargs)

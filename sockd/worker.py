@@ -271,14 +271,11 @@ class Worker(Status):
     def serve(self, conn: socket.socket, arrival: balancer.Arrival) -> None:
         """One session, with the scoreboard and title kept true around it."""
         self.served += 1
-        try:
-            session = Session(conn, self.settings, self.rules, self.hook_runner, self,
-                              self.passwords, remote=(arrival.address, arrival.port),
-                              balanced=arrival.balancer is not None, preread=arrival.preread)
-        except OSError:
-            conn.close()  # the client left before we could ask who it was
-            self.board.end_session(self.index, time.time(), 0, 0)
-            return
+        # The client's address comes from accept(2) or its PROXY header: making the session
+        # asks the socket nothing, so a client already gone fails in run(), not here.
+        session = Session(conn, self.settings, self.rules, self.hook_runner, self,
+                          self.passwords, remote=(arrival.address, arrival.port),
+                          balanced=arrival.balancer is not None, preread=arrival.preread)
         try:
             session.run()
         except Exception as exc:
