@@ -29,6 +29,9 @@ class Tunnel:
     end line uses; `user` and `what` the escaped text of the worker's title and slot;
     `source` the client's scoreboard source key; `started` the session's start
     (time.monotonic(), one clock for every process) and `wall_started` (time.time());
+    `worker_pid` and `worker_session` what the worker's scoreboard slot shows of the session
+    (its pid and session number) until the worker goes idle: the tunnel slot shows them
+    too, so that a session in both slots for a moment is counted once (sessions_from);
     `from_client` and `from_server` the bytes counted before the hand-off; `pending`
     bytes the client sent after its request, still to be written to the destination.
     """
@@ -43,6 +46,8 @@ class Tunnel:
     started: float
     wall_started: float
     idle_timeout: float
+    worker_pid: int = 0
+    worker_session: int = 0
     from_client: int = 0
     from_server: int = 0
     pending: bytes = b""
@@ -50,6 +55,8 @@ class Tunnel:
 
 _FIELDS = tuple(field.name for field in fields(Tunnel))
 _SOURCE, _PENDING = _FIELDS.index("source"), _FIELDS.index("pending")
+_COUNTS = [_FIELDS.index(name) for name in
+           ("worker_pid", "worker_session", "from_client", "from_server")]
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -71,6 +78,8 @@ def decode(data: bytes) -> Tunnel:
             raise ValueError(f"not a list of {len(_FIELDS)} fields")
         values[_SOURCE] = bytes.fromhex(values[_SOURCE])
         values[_PENDING] = values[_PENDING].encode("latin-1")
+        if not all(type(values[i]) is int for i in _COUNTS):    # they go into the scoreboard
+            raise ValueError("a count that is not an integer")
         return Tunnel(*values)
     except (ValueError, TypeError, AttributeError) as exc:
         raise HandoffError(f"a broken record ({exc})") from None

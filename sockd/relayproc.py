@@ -221,7 +221,8 @@ class RelayProcess:
         if tunnel.slot is not None:
             self.board.hold_tunnel(tunnel.slot, os.getpid(), record.wall_started,
                                    record.source, record.client, record.user, record.what,
-                                   record.from_client)
+                                   record.from_client,
+                                   (record.worker_pid, record.worker_session))
         try:
             tunnel.up.preload(record.pending)
             if tunnel.up.held:

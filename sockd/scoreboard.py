@@ -37,6 +37,7 @@ import mmap
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -68,6 +69,10 @@ READERS_GROUP = "adm"
 _STATE = 8                      # offset of the state byte in a slot
 _SOURCE = 48                    # offset of the source field
 _NO_SOURCE = bytes(16)
+# A worker slot's (pid, session number); a tunnel slot keeps the same pair of the worker that
+# handed it over in its generation and session fields (pid, generation, state, sessions).
+_MARK = struct.Struct("=ixxxxxxxxI")
+_HANDED_BY = struct.Struct("=4xixxxxI")
 
 
 def source_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -274,22 +279,34 @@ class Scoreboard:
         accepted client, so C does the scan: one strided slice takes the last byte of
         every slot's source, a search of it finds the slots worth a look, and Python
         looks only at those.  (A search of the map for the whole key is slower than a
-        Python loop: the key is mostly zero bytes, as the map is, so it cannot skip.)"""
-        count, view, size = 0, self._map, _SLOT.size
-        last = source[-1:]
-        spans = [(0, self.size)] + [(self.lane(n).start, self.lane(n).start + self.high_water(n))
-                                    for n in range(self.lanes)]
-        for first, end in spans:
-            start = _at(first)
-            column = view[start + _SOURCE + 15:_at(end):size]  # each slot's last key byte
-            found = column.find(last)
-            while found != -1:
-                offset = start + found * size
-                if view[offset + _SOURCE:offset + _SOURCE + 16] == source and \
-                        view[offset + _STATE] in BUSY:
+        Python loop: the key is mostly zero bytes, as the map is, so it cannot skip.)
+
+        A session being handed to a relay process shows in its worker's slot and in its
+        tunnel slot for a moment: the tunnel slot names the worker's (pid, session number)
+        pair, and a pair already counted among the worker slots is not counted again."""
+        view, count, seen = self._map, 0, set()
+        for offset in self._matches(source, 0, self.size):
+            seen.add(_MARK.unpack_from(view, offset))
+            count += 1
+        for lane in range(self.lanes):
+            first = self.lane(lane).start
+            for offset in self._matches(source, first, first + self.high_water(lane)):
+                if _HANDED_BY.unpack_from(view, offset) not in seen:
                     count += 1
-                found = column.find(last, found + 1)
         return count
+
+    def _matches(self, source: bytes, first: int, end: int) -> Iterator[int]:
+        """The offsets of the busy slots from *first* to *end* that hold *source*."""
+        view, size, last = self._map, _SLOT.size, source[-1:]
+        start = _at(first)
+        column = view[start + _SOURCE + 15:_at(end):size]  # each slot's last key byte
+        found = column.find(last)
+        while found != -1:
+            offset = start + found * size
+            if view[offset + _SOURCE:offset + _SOURCE + 16] == source and \
+                    view[offset + _STATE] in BUSY:
+                yield offset
+            found = column.find(last, found + 1)
 
     # -- tunnel slots (--relay shared) ---------------------------------------------
 
@@ -307,10 +324,14 @@ class Scoreboard:
         struct.pack_into("=i", self._map, self._marks + 4 * lane, count)
 
     def hold_tunnel(self, index: int, pid: int, started: float, source: bytes, client: str,
-                    user: str, destination: str, up: int) -> None:
-        """Relay process: the tunnel slot *index* now shows a session it carries."""
+                    user: str, destination: str, up: int,
+                    handed_by: tuple[int, int] = (0, 0)) -> None:
+        """Relay process: the tunnel slot *index* now shows a session it carries;
+        *handed_by* is the (pid, session number) of the worker slot it came from."""
         offset = _at(index)
-        _SLOT.pack_into(self._map, offset, pid, 0, State.DEAD, 0, started, started, up, 0,
+        worker_pid, worker_session = handed_by
+        _SLOT.pack_into(self._map, offset, pid, worker_pid, State.DEAD, worker_session,
+                        started, started, up, 0,
                         source, client.encode()[:48], user.encode()[:32],
                         destination.encode()[:96])
         self._map[offset + _STATE] = State.RELAYING     # last: the source is in place

@@ -138,6 +138,11 @@ class Status:
     def relaying(self, user: str, what: str) -> None:
         """The request is granted and bytes are flowing; *what* is escaped already."""
 
+    def slot_mark(self) -> tuple[int, int]:
+        """The pid and session number that the scoreboard slot of this session shows (the
+        worker's), passed on with a hand-off; (0, 0) where there is no slot."""
+        return 0, 0
+
     def tick(self) -> bool:
         """About once a second while relaying; False ends the relay."""
         return True
@@ -426,14 +431,16 @@ class Session:
 
     def tunnel(self, pending: bytes) -> Tunnel:
         """The record a relay process needs to carry this session on (--relay shared)."""
+        worker_pid, worker_session = self.status.slot_mark()
         return Tunnel(
             session=self.id, story=self.story(), client=self.client, dest=self.dest(),
             user=escape(self.user, 32), what=f"{COMMAND_WORDS[self.request.command]} "
             f"{self.dest()} ({service_name(self.request.port)})",
             source=source_key(self.client_addr), started=self.started,
             wall_started=time.time() - (time.monotonic() - self.started),
-            idle_timeout=self.settings.idle_timeout, from_client=len(pending),
-            pending=pending)
+            idle_timeout=self.settings.idle_timeout, worker_pid=worker_pid,
+            worker_session=worker_session,
+            from_client=len(pending), pending=pending)
 
     # -- helpers ------------------------------------------------------------
 

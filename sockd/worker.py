@@ -345,6 +345,9 @@ class Worker(Status):
         who = f"{user}@{self.client}" if user else self.client
         proctitle.set_title(f"sockd: {who} {what}")
 
+    def slot_mark(self) -> tuple[int, int]:
+        return os.getpid(), self.served
+
     def tick(self) -> bool:
         self.board.heartbeat(self.index, time.time())
         if self.stopping and self.listeners:

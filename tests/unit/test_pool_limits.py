@@ -54,32 +54,64 @@ def test_sessions_from_counts_negotiating_and_relaying_slots():
 
 @given(st.lists(st.tuples(st.sampled_from(["10.0.0.1", "10.0.1.1", "11.0.0.1", "::1",
                                             "2001:db8::101", "10.0.0.2"]),
-                          st.sampled_from(["idle", "negotiating", "relaying", "tunnel"])),
+                          st.sampled_from(["idle", "negotiating", "relaying", "tunnel",
+                                           "handing", "handed"])),
                 max_size=24),
        st.sampled_from(["10.0.0.1", "10.0.1.1", "::1", "2001:db8::101", "10.0.0.9"]))
 def test_sessions_from_agrees_with_a_count_by_hand(slots, asked):
-    """Clients that share the key's last byte, idle slots that still hold a key, tunnels:
-    whatever the scan skips, the count is the one a plain look at every slot gives."""
+    """Clients that share the key's last byte, idle slots that still hold a key, tunnels,
+    a session in the worker slot and the tunnel slot at once while it is handed over (and
+    after, when the worker has gone idle or on to its next session): whatever the scan
+    skips, the count is the one a plain look at the sessions gives."""
     board = Scoreboard(len(slots) + 1, lanes=1, per_lane=len(slots) + 1)
     expected = 0
     tunnels = 0
     for index, (client, what) in enumerate(slots):
-        if what == "tunnel":
-            board.hold_tunnel(board.lane(0).start + tunnels, 300, 1.0, key(client), client,
-                              "-", "connect 127.0.0.1:7 (echo)", 0)
-            tunnels += 1
-            board.set_high_water(0, tunnels)
-        else:
+        pid = 100 + index
+        if what != "tunnel":
             board.claim(index, 0, 1)
-            board.set_pid(index, 100 + index)
+            board.set_pid(index, pid)
             board.set_state(index, State.IDLE)
-            board.begin_session(index, 1, 1.0, client, key(client))
+            board.begin_session(index, 5, 1.0, client, key(client))
             if what == "idle":
                 board.end_session(index, 2.0, 0, 0)
-            elif what == "relaying":
+            elif what in ("relaying", "handing"):
                 board.set_request(index, "-", "connect 127.0.0.1:7 (echo)")
-        expected += what != "idle" and key(client) == key(asked)
+            elif what == "handed":      # the worker's next session, from the same client
+                board.end_session(index, 2.0, 0, 0)
+                board.begin_session(index, 6, 1.0, client, key(client))
+        if what in ("tunnel", "handing", "handed"):
+            board.hold_tunnel(board.lane(0).start + tunnels, 300, 1.0, key(client), client,
+                              "-", "connect 127.0.0.1:7 (echo)", 0,
+                              (0, 0) if what == "tunnel" else (pid, 5))
+            tunnels += 1
+            board.set_high_water(0, tunnels)
+        sessions = {"idle": 0, "handed": 2}.get(what, 1)
+        expected += sessions * (key(client) == key(asked))
     assert board.sessions_from(key(asked)) == expected
+
+
+def test_a_session_being_handed_over_counts_once():
+    board = Scoreboard(4, lanes=1, per_lane=4)
+    for index in range(2):
+        board.claim(index, 0, 1)
+        board.set_pid(index, 100 + index)
+        board.set_state(index, State.IDLE)
+        board.begin_session(index, 3, 10.0, "10.0.0.1", key("10.0.0.1"))
+        board.set_request(index, "-", "connect 127.0.0.1:7 (echo)")
+    assert board.sessions_from(key("10.0.0.1")) == 2
+    # The relay process holds worker 100's session before the worker goes idle.
+    board.hold_tunnel(board.lane(0).start, 300, 10.0, key("10.0.0.1"), "10.0.0.1", "-",
+                      "connect 127.0.0.1:7 (echo)", 0, (100, 3))
+    board.set_high_water(0, 1)
+    assert board.sessions_from(key("10.0.0.1")) == 2
+    board.end_session(0, 11.0, 0, 0)
+    assert board.sessions_from(key("10.0.0.1")) == 2
+    # Another worker's session with the same number is another session.
+    board.hold_tunnel(board.lane(0).start + 1, 300, 10.0, key("10.0.0.1"), "10.0.0.1", "-",
+                      "connect 127.0.0.1:7 (echo)", 0, (102, 3))
+    board.set_high_water(0, 2)
+    assert board.sessions_from(key("10.0.0.1")) == 3
 
 
 def test_a_session_that_ends_or_is_withdrawn_no_longer_counts():
