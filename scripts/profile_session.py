@@ -8,9 +8,15 @@ without the profiler, and the functions that cost most under the profiler.  Like
 benchmark, it runs as root inside a private network namespace where only loopback
 exists (`make profile`), talks to 127.0.0.1 only, and stops its servers by process group.
 
-Usage: scripts/profile_session.py [--seconds S] [--top N] [--cpu-only] [--save FILE]
-       [SOCKD OPTION ...]
+With --clients N the load is the benchmark's concurrent one (N clients at once) and only
+the CPU figures are given: how a worker's cost per session grows with the number of workers
+busy at once (doc/benchmarks.md, "Why the concurrent figure lags").  With --floor N the
+same load goes to scripts/floor_socks.py's prefork model of N processes instead of sockd.
+
+Usage: scripts/profile_session.py [--seconds S] [--top N] [--cpu-only] [--clients N]
+       [--floor N] [--save FILE] [SOCKD OPTION ...]
 e.g. --cpu-only --min-spare 2 --max-spare 2 --max-workers 2 (CPU of every worker counted)
+     --clients 50 --min-spare 8 --max-spare 8 --max-workers 8
 """
 
 import argparse
@@ -56,10 +62,12 @@ def cpu_ticks(pids: list[int]) -> tuple[int, int]:
 
 
 def run_load(workdir: Path, tool: Path, echo: int, seconds: float, options: list[str],
-             profile_to: Path | None, sessions: int) -> dict[str, float]:
+             profile_to: Path | None, sessions: int, clients: int = 0) -> dict[str, float]:
     """One sockd (a pool of one worker, unless *options* say otherwise), the sequential
-    load through it.  The profile, when asked for, is of the first worker to serve
-    *sessions* sessions."""
+    load through it, or the concurrent one of *clients* clients.  The profile, when asked
+    for, is of the first worker to serve *sessions* sessions.  The CPU counted is that of
+    the workers there were when the load began: give a fixed pool (--min-spare, --max-spare
+    and --max-workers alike) for a load that could make the master start more."""
     conf = workdir / "sockd.conf"
     conf.write_text(bench.SOCKD_RULES)
     port = bench.free_port()
@@ -75,15 +83,19 @@ def run_load(workdir: Path, tool: Path, echo: int, seconds: float, options: list
                             stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not bench.socks5_connect_ok(port, echo):
+        spare = int(options[options.index("--min-spare") + 1]) \
+            if "--min-spare" in options[:-1] else 1
+        while not bench.socks5_connect_ok(port, echo) or \
+                len(bench.idle_workers(proc.pid)) < spare:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("profile_session: sockd did not start")
             time.sleep(0.2)
         workers = [pid for pid in bench.tree(proc.pid)
                    if (bench._read_stat(pid) or ["", ""])[1] == str(proc.pid)]
         before = cpu_ticks(workers), cpu_ticks([proc.pid])
-        result = bench.run_tool(tool, ["seq", str(port), str(echo), "0.5", str(seconds)],
-                                seconds + 60)
+        load = ["conc", str(port), str(echo), "0.5", str(seconds), str(clients)] if clients \
+            else ["seq", str(port), str(echo), "0.5", str(seconds)]
+        result = bench.run_tool(tool, load, seconds + 60)
         after = cpu_ticks(workers), cpu_ticks([proc.pid])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -94,14 +106,49 @@ def run_load(workdir: Path, tool: Path, echo: int, seconds: float, options: list
     return result
 
 
+def run_floor(tool: Path, echo: int, seconds: float, clients: int,
+              processes: int) -> dict[str, float]:
+    """The same load through the Python floor's prefork model; the CPU of all its
+    processes (none is started during the load)."""
+    port = bench.free_port()
+    proc = subprocess.Popen(["timeout", str(bench.LIFETIME), bench.PYTHON,
+                             str(bench.ROOT / "scripts" / "floor_socks.py"), "prefork",
+                             str(port), str(processes)],
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not bench.socks5_connect_ok(port, echo) or len(bench.tree(proc.pid)) < processes:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("profile_session: the floor did not start")
+            time.sleep(0.2)
+        pids = bench.tree(proc.pid)
+        before = cpu_ticks(pids)
+        load = ["conc", str(port), str(echo), "0.5", str(seconds), str(clients)] if clients \
+            else ["seq", str(port), str(echo), "0.5", str(seconds)]
+        result = bench.run_tool(tool, load, seconds + 60)
+        after = cpu_ticks(pids)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    per = 1e6 / bench.CLK_TCK / max(result["total"], 1)
+    result.update(user=(after[0] - before[0]) * per, sys=(after[1] - before[1]) * per)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=6.0, help="length of each load (6)")
     p.add_argument("--top", type=int, default=25, help="functions to list (25)")
     p.add_argument("--cpu-only", action="store_true",
                    help="the run without the profiler only (to compare pools or options)")
+    p.add_argument("--clients", type=int, default=0, metavar="N",
+                   help="the concurrent load of N clients at once (CPU figures only)")
+    p.add_argument("--floor", type=int, default=0, metavar="N",
+                   help="load the floor's prefork model of N processes, not sockd")
     p.add_argument("--save", metavar="FILE", help="keep the profile (pstats) in FILE")
     args, options = p.parse_known_args(argv)
+    if not 0 <= args.clients <= 1000 or not 0 <= args.floor <= 200:
+        p.error("--clients: 0 to 1000; --floor: 0 to 200")
     with tempfile.TemporaryDirectory(prefix="sockd-profile.") as tmp:
         workdir = Path(tmp)
         tool = bench.build_tool(workdir)
@@ -110,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
                                    start_new_session=True)
         try:
             echo = int(servers.stdout.readline().split()[1])
-            plain = run_load(workdir, tool, echo, args.seconds, options, None, 0)
-            if args.cpu_only:
-                print(f"sequential: {plain['rate']:.0f} sessions/s; per session: workers "
+            load = f"{args.clients} clients at once" if args.clients else "sequential"
+            if args.floor:
+                floor = run_floor(tool, echo, args.seconds, args.clients, args.floor)
+                print(f"{load}, floor of {args.floor} processes: {floor['rate']:.0f} "
+                      f"sessions/s; per session: {floor['user']:.0f} us user + "
+                      f"{floor['sys']:.0f} us system")
+                return 0
+            plain = run_load(workdir, tool, echo, args.seconds, options, None, 0, args.clients)
+            if args.cpu_only or args.clients:
+                print(f"{load}: {plain['rate']:.0f} sessions/s; per session: workers "
                       f"{plain['user']:.0f} us user + {plain['sys']:.0f} us system, master "
                       f"{plain['master']:.0f} us")
                 return 0
