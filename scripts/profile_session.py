@@ -158,15 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             echo = int(servers.stdout.readline().split()[1])
             load = f"{args.clients} clients at once" if args.clients else "sequential"
+            if args.clients:
+                load += " (p99 {:.1f} ms)"
             if args.floor:
                 floor = run_floor(tool, echo, args.seconds, args.clients, args.floor)
-                print(f"{load}, floor of {args.floor} processes: {floor['rate']:.0f} "
+                print(f"{load.format(floor['p99_ms'])}, floor of {args.floor} processes: "
+                      f"{floor['rate']:.0f} "
                       f"sessions/s; per session: {floor['user']:.0f} us user + "
                       f"{floor['sys']:.0f} us system")
                 return 0
             plain = run_load(workdir, tool, echo, args.seconds, options, None, 0, args.clients)
             if args.cpu_only or args.clients:
-                print(f"{load}: {plain['rate']:.0f} sessions/s; per session: workers "
+                print(f"{load.format(plain.get('p99_ms', 0))}: {plain['rate']:.0f} sessions/s; "
+                      f"per session: workers "
                       f"{plain['user']:.0f} us user + {plain['sys']:.0f} us system, master "
                       f"{plain['master']:.0f} us")
                 return 0
