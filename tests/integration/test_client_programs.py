@@ -344,10 +344,30 @@ def telnetd(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     assert proc.stdout.readline() == b"ready\n"
+    _TELNETD[port] = proc.pid
     yield port
+    del _TELNETD[port]
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
+
+
+_TELNETD: dict[int, int] = {}     # port -> the pid of the telnetd serving it
+
+
+def wait_for_cat(port: int) -> None:
+    """Until telnetd (on *port*) has started its login program, cat: it runs on the pty
+    as its controlling terminal from then on, so the pty's interrupt character reaches it.
+    (Before that, the interrupt would find no process to signal and flush what was typed.)"""
+    def cat_running() -> bool:
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, IndexError):
+                stat = (entry / "stat").read_text()
+                name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.split(")")[-1]
+                if name == "cat" and int(fields.split()[1]) == _TELNETD[port]:
+                    return True
+        return False
+    wait_until(cat_running, 15, "telnetd's cat")
 
 
 def test_rtelnet_with_telnetd_character_mode_escape_and_quit(telnetd, on_pty):
@@ -370,6 +390,10 @@ def test_rtelnet_with_telnetd_character_mode_escape_and_quit(telnetd, on_pty):
 
 def test_rtelnet_send_ip_interrupts_the_remote_program(telnetd, on_pty):
     p = on_pty("rtelnet", "127.0.0.1", str(telnetd))
+    p.expect(rb"Escape character is '\^\]'")
+    # The echo below can be the terminal's own and the pty's, with cat not yet started:
+    # an interrupt sent then would be lost (under load, 3 runs in 20 failed so).
+    wait_for_cat(telnetd)
     p.type(b"still here\r")
     p.expect(rb"still here\r\n(?s:.*)still here\r\n")
     p.type(b"\x1d")
