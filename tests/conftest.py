@@ -190,6 +190,10 @@ class _EchoHandler(socketserver.BaseRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's listen queue is 5: twenty sessions connecting at once to a server
+    # slowed by a busy machine overflow it, and a connection the kernel then drops
+    # comes back to sockd as a reset (test_many_sessions_at_once, once, CPUs busy).
+    request_queue_size = 128
 
     def get_request(self):
         # A handler's reads are bounded too: a test's mistake ends in a
