@@ -129,7 +129,7 @@ class Sockd:
         path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
         try:
             return [int(p) for p in path.read_text().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):     # gone before or while read
             return []
 
     def titles(self) -> dict[int, str]:

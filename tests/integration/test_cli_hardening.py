@@ -92,7 +92,7 @@ def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):    # gone between the open and the read
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
 

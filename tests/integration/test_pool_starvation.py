@@ -294,7 +294,7 @@ def test_term_closes_the_listener_while_a_client_negotiates(sockd, echo_server):
 
 
 def _alive(pid: int) -> bool:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):   # gone while read
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[1][0] != "Z"
     return False
