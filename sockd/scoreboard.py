@@ -69,10 +69,6 @@ READERS_GROUP = "adm"
 _STATE = 8                      # offset of the state byte in a slot
 _SOURCE = 48                    # offset of the source field
 _NO_SOURCE = bytes(16)
-# A worker slot's (pid, session number); a tunnel slot keeps the same pair of the worker that
-# handed it over in its generation and session fields (pid, generation, state, sessions).
-_MARK = struct.Struct("=ixxxxxxxxI")
-_HANDED_BY = struct.Struct("=4xixxxxI")
 
 
 def source_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -286,12 +282,15 @@ class Scoreboard:
         pair, and a pair already counted among the worker slots is not counted again."""
         view, count, seen = self._map, 0, set()
         for offset in self._matches(source, 0, self.size):
-            seen.add(_MARK.unpack_from(view, offset))
+            pid, _, _, sessions = _HEAD.unpack_from(view, offset)
+            seen.add((pid, sessions))
             count += 1
         for lane in range(self.lanes):
             first = self.lane(lane).start
             for offset in self._matches(source, first, first + self.high_water(lane)):
-                if _HANDED_BY.unpack_from(view, offset) not in seen:
+                # A tunnel slot's generation field holds the handing worker's pid.
+                _, worker_pid, _, sessions = _HEAD.unpack_from(view, offset)
+                if (worker_pid, sessions) not in seen:
                     count += 1
         return count
 
@@ -327,7 +326,9 @@ class Scoreboard:
                     user: str, destination: str, up: int,
                     handed_by: tuple[int, int] = (0, 0)) -> None:
         """Relay process: the tunnel slot *index* now shows a session it carries;
-        *handed_by* is the (pid, session number) of the worker slot it came from."""
+        *handed_by* is the (pid, session number) of the worker slot it came from, kept in
+        the slot's generation and sessions fields (a relay process serves every
+        generation; sessions_from reads the pair back)."""
         offset = _at(index)
         worker_pid, worker_session = handed_by
         _SLOT.pack_into(self._map, offset, pid, worker_pid, State.DEAD, worker_session,
